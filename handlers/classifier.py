@@ -1,0 +1,118 @@
+"""The request path without TorchServe: decode -> group -> infer -> encode, one small function each.
+
+Images of one batch keep their own sizes. Images of identical size share a forward pass; nothing is padded or
+resized to make a batch, so a batched answer equals the single-request answer. A bad image becomes a RequestError
+value in its own slot and never touches the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from contextlib import nullcontext
+from typing import Dict, List, Sequence, Tuple, Union
+
+import torch
+
+import request_errors as errors
+from handler_config import HandlerOptions
+from image_decoding import decode_image, normalize
+from request_errors import RequestError
+
+logger = logging.getLogger(__name__)
+
+Decoded = Union[torch.Tensor, RequestError]  # (H, W, 3) uint8 pixels, or why there are none
+UNTRAINED_WARNING = "untrained random weights: these predictions are meaningless"
+
+
+class ImageClassifier:
+    """A loaded model plus the options that shape its requests and responses."""
+
+    def __init__(self, model: torch.nn.Module, options: HandlerOptions, labels: Sequence[str],
+                 model_name: str, device: torch.device):
+        self.options = options
+        self.labels = list(labels)
+        self.model_name = model_name
+        self.device = device
+        self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+        self.model = model.to(device=device, memory_format=self.memory_format).eval()
+        self.topk = min(options.topk, len(self.labels))
+        if options.precision == "tf32":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    def classify(self, bodies: Sequence[Union[bytes, RequestError]]) -> List[Union[dict, RequestError]]:
+        """One answer per body, in order: a response dict or the RequestError for that body."""
+        decoded = [self.decode(body) for body in bodies]
+        probabilities = self.infer(decoded, self.group(decoded))
+        return [self.encode(item, probabilities.get(i)) for i, item in enumerate(decoded)]
+
+    def decode(self, body: Union[bytes, RequestError]) -> Decoded:
+        if isinstance(body, RequestError):
+            return body
+        try:
+            return decode_image(body, self.options.max_pixels, self.options.min_side, self.options.bomb_factor)
+        except RequestError as error:
+            return error
+
+    def group(self, decoded: Sequence[Decoded]) -> List[List[int]]:
+        """Indices of same-sized images, split so no forward pass holds more than max_pixels input pixels."""
+        by_size: Dict[Tuple[int, int], List[int]] = defaultdict(list)
+        for index, item in enumerate(decoded):
+            if isinstance(item, torch.Tensor):
+                by_size[tuple(item.shape[:2])].append(index)
+        chunks = []
+        for (height, width), indices in by_size.items():
+            per_pass = max(1, self.options.max_pixels // (height * width))
+            chunks.extend(indices[i:i + per_pass] for i in range(0, len(indices), per_pass))
+        return chunks
+
+    def infer(self, decoded: List[Decoded], chunks: List[List[int]]) -> Dict[int, torch.Tensor]:
+        """Softmax probabilities (CPU, float32) per image index; a failed chunk turns into errors for its images."""
+        results: Dict[int, torch.Tensor] = {}
+        for chunk in chunks:
+            try:
+                probabilities = self.forward(torch.stack([decoded[i] for i in chunk]))
+            except torch.OutOfMemoryError:
+                logger.exception("out of memory on a chunk of %d images", len(chunk))
+                self.release_memory()
+                for index in chunk:
+                    decoded[index] = errors.out_of_memory("classify this image")
+                continue
+            for index, row in zip(chunk, probabilities):
+                results[index] = row
+        return results
+
+    @torch.inference_mode()
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        batch = normalize(pixels.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
+        with self.autocast():
+            logits = self.model(batch)
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+    def autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.options.precision)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
+
+    def release_memory(self):
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def encode(self, item: Decoded, probabilities: torch.Tensor | None) -> Union[dict, RequestError]:
+        if isinstance(item, RequestError):
+            return item
+        top = torch.topk(probabilities, self.topk)
+        response = {
+            "model": self.model_name,
+            "arch": self.options.arch,
+            "head": self.options.head,
+            "weights": self.options.weights,
+            "input_size": list(item.shape[:2]),
+            "predictions": [
+                {"index": int(i), "label": self.labels[int(i)], "probability": float(p)}
+                for p, i in zip(top.values, top.indices)
+            ],
+        }
+        if not self.options.trained:
+            response["warning"] = UNTRAINED_WARNING
+        return response

