@@ -60,6 +60,8 @@ class SizeAgnosticVGGHandler:
     def handle(self, data: List[dict], context) -> List[str]:
         bodies = [request_body(row) for row in data]
         answers = self.classifier.classify(bodies)
+        failed = sum(isinstance(answer, RequestError) for answer in answers)
+        logger.info("batch of %d requests: %d answered, %d refused", len(data), len(data) - failed, failed)
         return [self.respond(answer, index, context) for index, answer in enumerate(answers)]
 
     @staticmethod

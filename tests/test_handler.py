@@ -1,0 +1,141 @@
+"""The handler through a mock TorchServe context: per-request statuses, grouping by size, batch == single."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from helpers import decode_rgb, encode, make_photo, reference_probabilities
+from vgg_handler import SizeAgnosticVGGHandler, request_body
+from weights import imagenet_categories
+
+
+class MockContext:
+    """The parts of ts.context.Context the handler uses."""
+
+    def __init__(self, model_dir, config, model_name="vgg11-test"):
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
+        self.model_yaml_config = config
+        self.model_name = model_name
+        self.statuses, self.content_types = {}, {}
+
+    def set_response_status(self, code=200, phrase="", idx=0):
+        self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx, value):
+        self.content_types[idx] = value
+
+
+def handler_config(head, **options):
+    return {"batchSize": 8, "handler": {"arch": "vgg11", "head": head, "weights": "test weights", "trained": False,
+                                        "weights_file": "vgg11-test.pth", "topk": 5, **options}}
+
+
+@pytest.fixture(scope="module")
+def model_dir(vgg11_weights_file, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("model_dir")
+    (directory / "vgg11-test.pth").symlink_to(vgg11_weights_file)
+    labels = {str(i): name for i, name in enumerate(imagenet_categories())}
+    (directory / "index_to_name.json").write_text(json.dumps(labels))
+    return directory
+
+
+@pytest.fixture(scope="module", params=["adaptive", "fcn"])
+def handler(request, model_dir):
+    instance = SizeAgnosticVGGHandler()
+    instance.initialize(MockContext(model_dir, handler_config(request.param)))
+    return instance
+
+
+def run(handler, rows):
+    context = MockContext(None, None)
+    outputs = handler.handle(rows, context)
+    assert len(outputs) == len(rows)
+    assert all(context.content_types[i] == "application/json" for i in range(len(rows)))
+    return [json.loads(out) for out in outputs], context.statuses
+
+
+def test_bad_requests_do_not_affect_good_ones_in_the_same_batch(handler, vgg11_reference):
+    good = encode(make_photo(64, 48, seed=5), "PNG")
+    rows = [
+        {"body": good},
+        {"body": b""},
+        {"body": "plain text"},  # TorchServe hands text/* bodies over as str
+        {"body": {"image": "x"}},  # and application/json bodies as parsed JSON
+        {"body": good[: len(good) // 2]},
+        {"other_field": good},
+        {"data": encode(make_photo(64, 48, seed=6), "JPEG")},
+        {"file": encode(make_photo(80, 40, seed=7), "WEBP", lossless=True)},
+    ]
+    answers, statuses = run(handler, rows)
+    expected_errors = {1: (400, "empty_body"), 2: (400, "not_an_image"), 3: (400, "not_an_image"),
+                       4: (400, "corrupt_image"), 5: (400, "missing_field")}
+    for index, (status, code) in expected_errors.items():
+        assert statuses[index] == (status, code)
+        assert answers[index]["error"] == code and answers[index]["message"]
+    head = handler.classifier.options.head
+    for index in (0, 6, 7):
+        assert index not in statuses  # 200 by default
+        body = next(iter(rows[index].values()))
+        expected = reference_probabilities(vgg11_reference, head, decode_rgb(body))
+        answer = answers[index]
+        assert answer["input_size"] == list(decode_rgb(body).shape[:2])
+        assert [p["index"] for p in answer["predictions"]] == torch.topk(expected, 5).indices.tolist()
+        for prediction in answer["predictions"]:
+            assert abs(prediction["probability"] - expected[prediction["index"]].item()) <= 1e-4
+        assert answer["warning"].startswith("untrained")
+        assert answer["predictions"][0]["label"] == imagenet_categories()[answer["predictions"][0]["index"]]
+
+
+def test_same_sized_images_share_a_forward_pass_and_equal_single_requests(handler):
+    same = [encode(make_photo(64, 64, seed=s), "PNG") for s in range(4)]
+    other = [encode(make_photo(96, 64, seed=9), "PNG"), encode(make_photo(64, 96, seed=10), "PNG")]
+    passes = []
+    hook = handler.classifier.model.register_forward_hook(lambda module, args, out: passes.append(args[0].shape[0]))
+    try:
+        batched, _ = run(handler, [{"body": b} for b in same + other])
+        assert sorted(passes) == [1, 1, 4]
+        singles = [run(handler, [{"body": b}])[0][0] for b in same + other]
+    finally:
+        hook.remove()
+    for batch_answer, single_answer in zip(batched, singles):
+        assert batch_answer["input_size"] == single_answer["input_size"]
+        for a, b in zip(batch_answer["predictions"], single_answer["predictions"]):
+            assert a["index"] == b["index"] and abs(a["probability"] - b["probability"]) <= 1e-5
+
+
+def test_groups_are_split_to_keep_each_forward_pass_within_max_pixels(model_dir):
+    instance = SizeAgnosticVGGHandler()
+    instance.initialize(MockContext(model_dir, handler_config("fcn", max_pixels=3 * 64 * 64)))
+    decoded = [torch.zeros(64, 64, 3, dtype=torch.uint8)] * 7 + [torch.zeros(32, 64, 3, dtype=torch.uint8)]
+    assert instance.classifier.group(decoded) == [[0, 1, 2], [3, 4, 5], [6], [7]]
+
+
+def test_response_names_model_arch_head_and_weights(handler):
+    answers, _ = run(handler, [{"body": encode(make_photo(40, 40), "BMP")}])
+    answer = answers[0]
+    assert {k: answer[k] for k in ("model", "arch", "head", "weights")} == {
+        "model": "vgg11-test", "arch": "vgg11", "head": handler.classifier.options.head, "weights": "test weights"}
+    probabilities = [p["probability"] for p in answer["predictions"]]
+    assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
+
+
+def test_request_body_prefers_data_then_file_then_raw_body():
+    assert request_body({"file": b"f", "data": b"d", "body": b"b"}) == b"d"
+    assert request_body({"file": b"f", "body": b"b"}) == b"f"
+    assert request_body({"body": bytearray(b"b"), "topk": "3"}) == b"b"
+
+
+def test_model_config_written_by_the_builder_is_accepted(tmp_path):
+    from handler_config import HandlerOptions
+
+    options = HandlerOptions.from_mapping({"arch": "vgg16", "head": "fcn", "channels_last": "true", "topk": 3})
+    assert options.channels_last is True and options.topk == 3 and options.precision == "fp32"
+    assert HandlerOptions.from_mapping(yaml.safe_load(yaml.safe_dump(options.to_mapping()))) == options
+    with pytest.raises(ValueError, match="unknown handler options"):
+        HandlerOptions.from_mapping({"arch": "vgg16", "head": "fcn", "top_k": 3})
+    with pytest.raises(ValueError, match="precision"):
+        HandlerOptions(arch="vgg16", head="fcn", precision="int4")
