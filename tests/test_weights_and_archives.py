@@ -1,0 +1,142 @@
+"""Weights sources (hub cache, offline error, file, seeded random) and the archive builder's contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import build_archive
+import weights
+from weights import WeightsUnavailable, hub_cache_path, imagenet_weights, random_weights, read_state_dict
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """A torch hub cache with nothing in it, and no network: every download fails as it does offline."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_imagenet_weights_come_from_the_hub_cache_without_download(empty_hub, vgg11_weights_file):
+    cached = hub_cache_path("vgg11")
+    assert cached.parent == empty_hub and cached.name == "vgg11-8a719046.pth"
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(vgg11_weights_file)
+    found = imagenet_weights("vgg11")
+    assert found.path == cached and found.trained
+    assert found.description.startswith("imagenet (IMAGENET1K_V1")
+    assert len(found.categories) == 1000 and found.categories[0] == "tench"
+
+
+def test_offline_imagenet_error_names_the_file_to_place(empty_hub):
+    with pytest.raises(WeightsUnavailable) as raised:
+        imagenet_weights("vgg16_bn")
+    message = str(raised.value)
+    assert "vgg16_bn-6c64b313.pth" in message and str(empty_hub) in message and "download failed" in message
+
+
+def test_random_weights_are_seeded(tmp_path):
+    (tmp_path / "a").mkdir()
+    first = read_state_dict(random_weights("vgg11", 7, tmp_path / "a").path)
+    second = read_state_dict(random_weights("vgg11", 7, tmp_path).path)
+    assert all(torch.equal(first[k], second[k]) for k in ("features.0.weight", "classifier.6.weight"))
+    described = random_weights("vgg11", 8, tmp_path)
+    assert not described.trained and "untrained" in described.description and "seed 8" in described.description
+    assert not torch.equal(read_state_dict(described.path)["features.0.weight"], first["features.0.weight"])
+
+
+def test_files_that_are_not_vgg_state_dicts_are_refused(tmp_path):
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    for name in ("garbage.pth", "other.pth"):
+        with pytest.raises(WeightsUnavailable):
+            read_state_dict(tmp_path / name)
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        weights.resolve_weights("vgg11", str(tmp_path / "missing.pth"))
+
+
+def archive_contents(archive: Path) -> dict:
+    with zipfile.ZipFile(archive) as mar:
+        return {"names": set(mar.namelist()), "config": yaml.safe_load(mar.read("model-config.yaml")),
+                "labels": json.loads(mar.read("index_to_name.json")),
+                "manifest": json.loads(mar.read("MAR-INF/MANIFEST.json"))}
+
+
+def test_builder_packages_a_state_dict_file_with_config_labels_and_code(vgg11_weights_file, tmp_path):
+    assert build_archive.main(["--arch", "vgg11", "--head", "fcn", "--weights", str(vgg11_weights_file),
+                               "--export-path", str(tmp_path), "--batch-size", "8", "--precision", "bf16",
+                               "--channels-last", "--topk", "3"]) == 0
+    archive = tmp_path / "vgg11-fcn.mar"  # default name ARCH-HEAD
+    contents = archive_contents(archive)
+    assert {"vgg_handler.py", "vgg_models.py", "image_decoding.py", "classifier.py", "vgg11-test.pth",
+            "model-config.yaml", "index_to_name.json"} <= contents["names"]
+    config = contents["config"]
+    assert {k: config[k] for k in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers")} == {
+        "batchSize": 8, "maxBatchDelay": 20, "minWorkers": 1, "maxWorkers": 1}
+    assert config["responseTimeout"] > 0
+    handler = config["handler"]
+    assert handler["arch"] == "vgg11" and handler["head"] == "fcn" and handler["weights_file"] == "vgg11-test.pth"
+    assert (handler["topk"], handler["precision"], handler["channels_last"], handler["max_pixels"]) == (
+        3, "bf16", True, 4_194_304)
+    assert contents["labels"]["0"] == "tench" and len(contents["labels"]) == 1000
+    assert contents["manifest"]["model"]["handler"] == "vgg_handler.py"
+    with zipfile.ZipFile(archive) as mar:  # stored, not deflated: weights do not compress
+        assert mar.getinfo("vgg11-test.pth").compress_type == zipfile.ZIP_STORED
+
+
+def test_builder_uses_cached_imagenet_weights_and_names_the_archive(empty_hub, vgg11_weights_file, tmp_path):
+    empty_hub.mkdir(parents=True)
+    hub_cache_path("vgg11").symlink_to(vgg11_weights_file)
+    build_archive.main(["--arch", "vgg11", "--head", "adaptive", "--weights", "imagenet", "--name", "my-model",
+                        "--export-path", str(tmp_path)])
+    handler = archive_contents(tmp_path / "my-model.mar")["config"]["handler"]
+    assert handler["weights"].startswith("imagenet") and handler["trained"] is True
+
+
+def test_builder_fails_clearly_when_imagenet_weights_are_unavailable(empty_hub, tmp_path, capsys):
+    assert build_archive.main(["--arch", "vgg13", "--head", "fcn", "--weights", "imagenet",
+                               "--export-path", str(tmp_path)]) == 2
+    assert "vgg13-19584684.pth" in capsys.readouterr().err
+    assert not (tmp_path / "vgg13-fcn.mar").exists()
+
+
+def test_builder_reads_custom_labels_for_any_class_count(tmp_path):
+    state = weights.read_state_dict(random_weights("vgg11", 0, tmp_path).path)
+    state["classifier.6.weight"] = state["classifier.6.weight"][:3].clone()
+    state["classifier.6.bias"] = state["classifier.6.bias"][:3].clone()
+    torch.save(state, tmp_path / "three.pth")
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
+    build_archive.main(["--arch", "vgg11", "--head", "fcn", "--weights", str(tmp_path / "three.pth"),
+                        "--labels", str(tmp_path / "labels.txt"), "--export-path", str(tmp_path)])
+    assert archive_contents(tmp_path / "vgg11-fcn.mar")["labels"] == {"0": "cat", "1": "dog", "2": "bird"}
+
+
+def peak_rss_kb(code: str) -> int:
+    wrapper = f"import resource, sys; sys.path[:0] = {[str(REPO / 'scripts'), str(REPO / 'handlers')]!r}\n{code}\n" \
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def test_builder_holds_no_copy_of_the_weights_in_memory(vgg11_weights_file, tmp_path):
+    """A 500 MB checkpoint must not be loaded to be packaged: peak memory stays near that of importing torch."""
+    baseline = peak_rss_kb("import build_archive, torchvision")
+    building = peak_rss_kb(f"import build_archive; build_archive.main(['--arch', 'vgg11', '--head', 'fcn', "
+                           f"'--weights', {str(vgg11_weights_file)!r}, '--export-path', {str(tmp_path)!r}])")
+    weights_kb = vgg11_weights_file.stat().st_size // 1024
+    assert building - baseline < weights_kb // 4, (baseline, building, weights_kb)
