@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 from typing import List
@@ -64,8 +65,9 @@ def ensure_archive(arch: str, head: str) -> str:
         build_archive.build(build_archive.parse_args(common + ["--weights", "imagenet"]))
     except WeightsUnavailable as error:
         banner([f"NO IMAGENET WEIGHTS for {name}: serving SEEDED RANDOM WEIGHTS instead.",
-                "Its predictions are meaningless (every response says so).", str(error)[:200],
-                "To serve real predictions: put the file in the torch hub cache and run `make serve` again."])
+                "Its predictions are meaningless (every response says so).", "",
+                *textwrap.wrap(str(error), 96), "",
+                "To serve real predictions: place that file, then run `make serve` again."])
         build_archive.build(build_archive.parse_args(common + ["--weights", "random"]))
     return name
 

@@ -139,3 +139,21 @@ def test_model_config_written_by_the_builder_is_accepted(tmp_path):
         HandlerOptions.from_mapping({"arch": "vgg16", "head": "fcn", "top_k": 3})
     with pytest.raises(ValueError, match="precision"):
         HandlerOptions(arch="vgg16", head="fcn", precision="int4")
+
+
+def test_device_is_the_assigned_gpu_only_when_cuda_is_available():
+    expected = "cuda:1" if torch.cuda.is_available() else "cpu"
+    assert str(SizeAgnosticVGGHandler.choose_device(1)) == expected
+    assert str(SizeAgnosticVGGHandler.choose_device(None)) == "cpu"
+
+
+@pytest.mark.parametrize("options,tolerance", [({"channels_last": True}, 1e-4), ({"precision": "tf32"}, 1e-4),
+                                               ({"precision": "bf16"}, 0.05)])
+def test_precision_and_memory_format_options(model_dir, vgg11_reference, options, tolerance):
+    instance = SizeAgnosticVGGHandler()
+    instance.initialize(MockContext(model_dir, handler_config("fcn", **options)))
+    body = encode(make_photo(96, 80, seed=11), "PNG")
+    answer = run(instance, [{"body": body}])[0][0]
+    expected = reference_probabilities(vgg11_reference, "fcn", decode_rgb(body))
+    for prediction in answer["predictions"]:
+        assert abs(prediction["probability"] - expected[prediction["index"]].item()) <= tolerance
