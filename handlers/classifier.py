@@ -25,6 +25,11 @@ Decoded = Union[torch.Tensor, RequestError]  # (H, W, 3) uint8 pixels, or why th
 UNTRAINED_WARNING = "untrained random weights: these predictions are meaningless"
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    # CPU allocation failures are plain RuntimeErrors ("DefaultCPUAllocator: can't allocate memory").
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "allocate memory" in str(error)
+
+
 class ImageClassifier:
     """A loaded model plus the options that shape its requests and responses."""
 
@@ -54,6 +59,11 @@ class ImageClassifier:
             return decode_image(body, self.options.max_pixels, self.options.min_side, self.options.bomb_factor)
         except RequestError as error:
             return error
+        except MemoryError:
+            return errors.out_of_memory("decode this image")
+        except Exception as error:  # whatever else Pillow throws, it is this body's fault, not the batch's
+            logger.exception("unexpected decoding failure")
+            return errors.not_an_image(f"{type(error).__name__}: {error}")
 
     def group(self, decoded: Sequence[Decoded]) -> List[List[int]]:
         """Indices of same-sized images, split so no forward pass holds more than max_pixels input pixels."""
@@ -73,11 +83,16 @@ class ImageClassifier:
         for chunk in chunks:
             try:
                 probabilities = self.forward(torch.stack([decoded[i] for i in chunk]))
-            except torch.OutOfMemoryError:
-                logger.exception("out of memory on a chunk of %d images", len(chunk))
+            except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+                if "CUDA error" in str(error):
+                    raise  # a broken CUDA context: let TorchServe fail the batch and restart the worker
+                # Only this pass fails: the worker and the batch's other passes go on.
+                logger.exception("forward pass over %d images failed", len(chunk))
                 self.release_memory()
+                failure = errors.out_of_memory("classify this image") if is_out_of_memory(error) \
+                    else errors.inference_failed(str(error))
                 for index in chunk:
-                    decoded[index] = errors.out_of_memory("classify this image")
+                    decoded[index] = failure
                 continue
             for index, row in zip(chunk, probabilities):
                 results[index] = row
@@ -101,6 +116,8 @@ class ImageClassifier:
     def encode(self, item: Decoded, probabilities: torch.Tensor | None) -> Union[dict, RequestError]:
         if isinstance(item, RequestError):
             return item
+        if not torch.isfinite(probabilities).all():  # e.g. fp16 overflow: no valid JSON number to send
+            return errors.inference_failed("the model produced non-finite scores")
         top = torch.topk(probabilities, self.topk)
         response = {
             "model": self.model_name,

@@ -37,14 +37,18 @@ class HandlerOptions:
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any]) -> "HandlerOptions":
-        known = {f.name: f.type for f in fields(cls)}
+        known = {f.name: f.default for f in fields(cls)}
         unknown = sorted(set(section) - set(known))
         if unknown:
             raise ValueError(f"unknown handler options in model-config.yaml: {', '.join(unknown)}")
         values = {}
         for name, value in section.items():
-            default = cls.__dataclass_fields__[name].default
-            values[name] = _as_bool(value) if isinstance(default, bool) else value
+            default = known[name]
+            if isinstance(default, bool):
+                value = _as_bool(value)
+            elif isinstance(default, int):
+                value = int(value)
+            values[name] = value
         return cls(**values)
 
     def to_mapping(self) -> dict:

@@ -25,16 +25,16 @@ FORMAT_ALIASES = {"MPO": "JPEG"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-# Signatures of image formats Pillow cannot open at all, so they get 415 rather than "not an image".
-OTHER_IMAGE_SIGNATURES = ((b"<svg", "SVG"), (b"ftypavif", "AVIF"), (b"ftypheic", "HEIC"), (b"ftypmif1", "HEIF"))
+# Image formats Pillow cannot open at all get 415 rather than "not an image": ISO-BMFF brands of HEIF and AVIF.
+HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"hevx": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
+               b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
 
 
 def sniff_other_format(body: bytes) -> str | None:
-    head = bytes(body[:512]).lstrip()
-    for signature, name in OTHER_IMAGE_SIGNATURES:
-        if signature in head:
-            return name
-    if head.startswith(b"<?xml") and b"<svg" in bytes(body[:4096]):
+    if bytes(body[4:8]) == b"ftyp" and bytes(body[8:12]) in HEIF_BRANDS:
+        return HEIF_BRANDS[bytes(body[8:12])]
+    head = bytes(body[:4096]).lstrip()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
         return "SVG"
     return None
 
@@ -83,26 +83,32 @@ def decode_pixels(image: Image.Image) -> Image.Image:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Every Pillow mode to 8-bit RGB; transparency is composited over white, 16-bit depth is rounded to 8 bits."""
-    if image.mode == "RGB":
+    if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode in SIXTEEN_BIT_MODES:
         # Pillow's own convert() clips 16-bit values at 255 (nearly all white), so rescale by hand.
         values = np.asarray(image, dtype=np.float64)
-        gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB")
+        gray = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L")
+        if "transparency" in image.info:  # a PNG tRNS chunk names one 16-bit grey value as transparent
+            gray.putalpha(Image.fromarray(((values != image.info["transparency"]) * 255).astype(np.uint8), "L"))
+            return over_white(gray)
+        return gray.convert("RGB")
     if image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
         scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
         gray = np.clip(np.rint(np.nan_to_num(values) * scale), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        image.mode in ("P", "L", "RGB") and "transparency" in image.info
-    )
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode == "La":  # premultiplied grey + alpha (TIFF): Pillow converts it to RGBA only through LA
+        image = image.convert("LA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
+        return over_white(image)
     return image.convert("RGB")
+
+
+def over_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
 
 
 def network_size(width: int, height: int, max_pixels: int, min_side: int) -> Tuple[int, int]:

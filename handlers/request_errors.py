@@ -44,8 +44,12 @@ def unsupported_format(image_format: str, accepted: tuple) -> RequestError:
 def image_too_large(width: int, height: int, limit: int) -> RequestError:
     return RequestError(413, "image_too_large",
                         f"The image declares {width}x{height} = {width * height} pixels, over the limit of {limit} "
-                        f"pixels (16 x max_pixels); it was not decoded.")
+                        f"pixels; it was not decoded.")
 
 
 def out_of_memory(where: str) -> RequestError:
     return RequestError(507, "out_of_memory", f"Not enough memory to {where}; try a smaller image.")
+
+
+def inference_failed(detail: str) -> RequestError:
+    return RequestError(500, "inference_failed", f"The model failed on this image: {detail[:300]}")

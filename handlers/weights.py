@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -104,7 +105,12 @@ def resolve_weights(arch: str, source: str, scratch_dir: Optional[Path] = None, 
 
 
 def read_state_dict(path: Path, mmap: bool = False) -> dict:
-    """Load a state dict without executing pickled code; ``mmap`` leaves the tensors on disk until touched."""
+    """Load a state dict without executing pickled code; ``mmap`` leaves the tensors on disk until touched.
+
+    Only zip-format files (torch >= 1.6) can be memory-mapped. torchvision's older checkpoints, the VGG ones among
+    them, use the legacy format and are read into memory once instead.
+    """
+    mmap = mmap and zipfile.is_zipfile(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:

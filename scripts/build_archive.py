@@ -6,8 +6,8 @@
     python scripts/build_archive.py --arch vgg16 --head fcn --weights ~/my_vgg16.pth --labels labels.txt
 
 The weights file is packaged as it is (torchvision format) and converted to the head in the worker, so the builder
-never holds more than one copy of a 500 MB checkpoint: it checks the file through a memory map and the archiver
-streams it into an uncompressed zip.
+never holds more than one copy of a 500 MB checkpoint: it checks a zip-format file through a memory map (a
+legacy-format one, like torchvision's VGG files, is read once) and the archiver streams it into an uncompressed zip.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ HANDLER_FILE = HANDLERS / "vgg_handler.py"
 # Modules the handler imports inside the worker; they travel in the archive next to it.
 MODEL_CODE = ["classifier.py", "handler_config.py", "image_decoding.py", "request_errors.py", "vgg_models.py",
               "weights.py"]
+
+
+class BuildError(Exception):
+    """Bad inputs to the builder, reported as one line instead of a traceback."""
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -69,7 +73,10 @@ def read_labels(path: Optional[str], weights: WeightsFile, num_classes: int) -> 
         text = Path(path).read_text()
         if path.endswith(".json"):
             loaded = json.loads(text)
-            labels = [loaded[str(i)] for i in range(len(loaded))] if isinstance(loaded, dict) else list(loaded)
+            try:
+                labels = [loaded[str(i)] for i in range(len(loaded))] if isinstance(loaded, dict) else list(loaded)
+            except KeyError as missing:
+                raise BuildError(f"{path}: no label for index {missing}; keys must be 0 .. N-1") from missing
         else:
             labels = [line.strip() for line in text.splitlines() if line.strip()]
     elif weights.categories and len(weights.categories) == num_classes:
@@ -81,7 +88,7 @@ def read_labels(path: Optional[str], weights: WeightsFile, num_classes: int) -> 
         say(f"no labels given for {num_classes} classes; naming them class_0 .. class_{num_classes - 1}")
         labels = [f"class_{i}" for i in range(num_classes)]
     if len(labels) != num_classes:
-        raise SystemExit(f"{len(labels)} labels for a model with {num_classes} classes")
+        raise BuildError(f"{len(labels)} labels for a model with {num_classes} classes")
     return labels
 
 
@@ -133,7 +140,10 @@ def build(args: argparse.Namespace) -> Path:
         say(f"checking that the state dict fits {args.arch} with the {args.head} head (memory-mapped, no copy)")
         state_dict = read_state_dict(weights.path, mmap=True)
         num_classes = num_classes_in(state_dict)
-        load_model(args.arch, args.head, state_dict)
+        try:
+            load_model(args.arch, args.head, state_dict)
+        except RuntimeError as error:  # missing keys or shape mismatches: weights of another architecture
+            raise BuildError(f"{weights.path} does not fit {args.arch}: {str(error).splitlines()[0]} ...") from error
         del state_dict
         labels = read_labels(args.labels, weights, num_classes)
         (staging / "index_to_name.json").write_text(json.dumps({str(i): n for i, n in enumerate(labels)}, indent=1))
@@ -152,7 +162,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         build(parse_args(argv))
-    except WeightsUnavailable as error:
+    except (WeightsUnavailable, BuildError, OSError) as error:
         print(f"[build_archive] error: {error}", file=sys.stderr)
         return 2
     return 0

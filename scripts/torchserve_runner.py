@@ -171,6 +171,12 @@ def stop_process_group(pid: int, timeout: float = 30) -> bool:
                 continue
         return alive
 
+    try:
+        leader = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        leader = ""
+    if leader and "ts.model_server" not in leader and "org.pytorch.serve" not in leader:
+        return False  # a stale pid file whose number now belongs to something else
     group = members()
     for process in group:
         with contextlib.suppress(psutil.Error):

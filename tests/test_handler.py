@@ -157,3 +157,26 @@ def test_precision_and_memory_format_options(model_dir, vgg11_reference, options
     expected = reference_probabilities(vgg11_reference, "fcn", decode_rgb(body))
     for prediction in answer["predictions"]:
         assert abs(prediction["probability"] - expected[prediction["index"]].item()) <= tolerance
+
+
+def test_non_finite_scores_are_an_error_not_invalid_json(handler, monkeypatch):
+    monkeypatch.setattr(handler.classifier, "forward", lambda pixels: torch.full((len(pixels), 1000), float("nan")))
+    answers, statuses = run(handler, [{"body": encode(make_photo(40, 40), "PNG")}])
+    assert statuses[0] == (500, "inference_failed") and answers[0]["error"] == "inference_failed"
+
+
+def test_out_of_memory_fails_only_the_images_of_that_forward_pass(handler, monkeypatch):
+    real_forward = handler.classifier.forward
+
+    def forward(pixels):
+        if pixels.shape[1] > 100:  # pretend the larger images do not fit in memory
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99999999999 bytes")
+        return real_forward(pixels)
+
+    monkeypatch.setattr(handler.classifier, "forward", forward)
+    rows = [{"body": encode(make_photo(64, 64, seed=1), "PNG")}, {"body": encode(make_photo(200, 150), "PNG")}]
+    answers, statuses = run(handler, rows)
+    assert 0 not in statuses and answers[0]["predictions"]
+    assert statuses[1] == (507, "out_of_memory") and answers[1]["error"] == "out_of_memory"
+    answers, statuses = run(handler, rows[:1])  # and the handler goes on serving
+    assert not statuses and answers[0]["predictions"]

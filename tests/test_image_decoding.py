@@ -112,6 +112,20 @@ def test_transparency_is_composited_over_white(mode):
     assert pixels[20, 5].max() > 0 and tuple(pixels[20, 5]) != (255, 255, 255)
 
 
+def test_sixteen_bit_transparency_key_is_composited_over_white():
+    values = np.full((40, 40), 20_000, dtype=np.uint16)
+    values[:, :20] = 5
+    pixels = decode(encode(Image.fromarray(values), "PNG", transparency=5))
+    assert tuple(pixels[10, 5]) == (255, 255, 255) and tuple(pixels[10, 30]) == (78, 78, 78)
+
+
+def test_premultiplied_grey_alpha_is_composited_over_white():
+    from image_decoding import to_rgb
+
+    image = Image.new("La", (8, 8), (0, 0))
+    assert np.array_equal(np.asarray(to_rgb(image)), np.full((8, 8, 3), 255, dtype=np.uint8))
+
+
 def test_cmyk_jpeg_is_converted_to_rgb():
     cmyk = Image.new("CMYK", (48, 48), (0, 255, 255, 0))  # pure red in CMYK
     pixels = decode(encode(cmyk, "JPEG", quality=95))
@@ -166,6 +180,8 @@ def test_normalize_is_scale_then_imagenet_mean_and_std():
     (png_declaring(9000, 8000), 413, "image_too_large"),  # over 16 x max_pixels but under Pillow's own limit
     (encode(Image.new("RGB", (32, 32)), "ICO"), 415, "unsupported_format"),
     (encode(Image.new("RGB", (32, 32)), "PPM"), 415, "unsupported_format"),
+    (b"\0\0\0\x18ftypheix\0\0\0\0mif1heix" + bytes(64), 415, "unsupported_format"),
+    (b"\0\0\0\x1cftypavis\0\0\0\0avifmif1" + bytes(64), 415, "unsupported_format"),
 ])
 def test_bad_inputs_raise_request_errors(body, status, code):
     error = error_of(body)

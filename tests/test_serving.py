@@ -145,6 +145,9 @@ def test_requests_without_the_key_are_refused(server):
 
 
 def test_model_registration_api_is_off(server):
-    answer = requests.post(f"{server.url('management')}/models", params={"url": "anything.mar"},
-                           headers=server.headers("management"), timeout=30)
-    assert answer.status_code >= 400
+    """With enable_model_api=false TorchServe refuses registering and unregistering as 405, even with the key."""
+    management, headers = server.url("management"), server.headers("management")
+    register = requests.post(f"{management}/models", params={"url": "test-fcn.mar"}, headers=headers, timeout=30)
+    unregister = requests.delete(f"{management}/models/test-fcn", headers=headers, timeout=30)
+    assert (register.status_code, unregister.status_code) == (405, 405)
+    assert server.model_ready("test-fcn")

@@ -99,13 +99,21 @@ def test_builder_packages_a_state_dict_file_with_config_labels_and_code(vgg11_we
         assert mar.getinfo("vgg11-test.pth").compress_type == zipfile.ZIP_STORED
 
 
-def test_builder_uses_cached_imagenet_weights_and_names_the_archive(empty_hub, vgg11_weights_file, tmp_path):
+def test_builder_uses_cached_imagenet_weights_in_torchvisions_legacy_format(empty_hub, vgg11_state_dict, tmp_path):
+    """torchvision's VGG checkpoints predate torch's zip format and cannot be memory-mapped."""
     empty_hub.mkdir(parents=True)
-    hub_cache_path("vgg11").symlink_to(vgg11_weights_file)
-    build_archive.main(["--arch", "vgg11", "--head", "adaptive", "--weights", "imagenet", "--name", "my-model",
-                        "--export-path", str(tmp_path)])
+    torch.save(vgg11_state_dict, hub_cache_path("vgg11"), _use_new_zipfile_serialization=False)
+    assert build_archive.main(["--arch", "vgg11", "--head", "adaptive", "--weights", "imagenet", "--name",
+                               "my-model", "--export-path", str(tmp_path)]) == 0
     handler = archive_contents(tmp_path / "my-model.mar")["config"]["handler"]
     assert handler["weights"].startswith("imagenet") and handler["trained"] is True
+    assert handler["weights_file"] == "vgg11-8a719046.pth"
+
+
+def test_builder_refuses_weights_of_another_architecture(vgg11_weights_file, tmp_path, capsys):
+    assert build_archive.main(["--arch", "vgg13", "--head", "fcn", "--weights", str(vgg11_weights_file),
+                               "--export-path", str(tmp_path)]) == 2
+    assert "does not fit vgg13" in capsys.readouterr().err
 
 
 def test_builder_fails_clearly_when_imagenet_weights_are_unavailable(empty_hub, tmp_path, capsys):
@@ -121,20 +129,21 @@ def test_builder_reads_custom_labels_for_any_class_count(tmp_path):
     state["classifier.6.bias"] = state["classifier.6.bias"][:3].clone()
     torch.save(state, tmp_path / "three.pth")
     (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
-    build_archive.main(["--arch", "vgg11", "--head", "fcn", "--weights", str(tmp_path / "three.pth"),
-                        "--labels", str(tmp_path / "labels.txt"), "--export-path", str(tmp_path)])
+    assert build_archive.main(["--arch", "vgg11", "--head", "fcn", "--weights", str(tmp_path / "three.pth"),
+                               "--labels", str(tmp_path / "labels.txt"), "--export-path", str(tmp_path)]) == 0
     assert archive_contents(tmp_path / "vgg11-fcn.mar")["labels"] == {"0": "cat", "1": "dog", "2": "bird"}
 
 
 def peak_rss_kb(code: str) -> int:
     wrapper = f"import resource, sys; sys.path[:0] = {[str(REPO / 'scripts'), str(REPO / 'handlers')]!r}\n{code}\n" \
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+              "print(max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))"
     out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True).stdout
     return int(out.strip().splitlines()[-1])
 
 
 def test_builder_holds_no_copy_of_the_weights_in_memory(vgg11_weights_file, tmp_path):
-    """A 500 MB checkpoint must not be loaded to be packaged: peak memory stays near that of importing torch."""
+    """A 500 MB checkpoint must not be loaded to be packaged: peak memory of the builder and of the archiver it runs
+    stays near that of importing torch."""
     baseline = peak_rss_kb("import build_archive, torchvision")
     building = peak_rss_kb(f"import build_archive; build_archive.main(['--arch', 'vgg11', '--head', 'fcn', "
                            f"'--weights', {str(vgg11_weights_file)!r}, '--export-path', {str(tmp_path)!r}])")
