@@ -84,10 +84,24 @@ def fc_classifier(spec: VGGSpec, num_classes: int, dropout: float = 0.5) -> nn.S
     )
 
 
+class Im2colConv2d(nn.Conv2d):
+    """A stride-1, unpadded Conv2d computed as one matrix product over the unfolded input windows.
+
+    Same parameters and result as ``nn.Conv2d``. For fc6 (4096 filters of 512x7x7) PyTorch's CPU convolution takes
+    0.28 s even on a single 7x7 window, about 15x the matrix product (0.018 s), and 2-3x at larger maps.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2] - self.kernel_size[0] + 1, x.shape[-1] - self.kernel_size[1] + 1
+        windows = F.unfold(x, self.kernel_size).transpose(1, 2)  # (N, positions, C*kh*kw), c-major like flatten
+        scores = F.linear(windows, self.weight.flatten(1), self.bias)  # (N, positions, out)
+        return scores.transpose(1, 2).reshape(x.shape[0], -1, height, width)
+
+
 def conv_classifier(spec: VGGSpec, num_classes: int, dropout: float = 0.5) -> nn.Sequential:
     """fc6 as a pool_size x pool_size conv, fc7 and fc8 as 1x1 convs, at the same indices as ``fc_classifier``."""
     return nn.Sequential(
-        nn.Conv2d(spec.feature_channels, spec.hidden, kernel_size=spec.pool_size), nn.ReLU(True), nn.Dropout(dropout),
+        Im2colConv2d(spec.feature_channels, spec.hidden, kernel_size=spec.pool_size), nn.ReLU(True), nn.Dropout(dropout),
         nn.Conv2d(spec.hidden, spec.hidden, kernel_size=1), nn.ReLU(True), nn.Dropout(dropout),
         nn.Conv2d(spec.hidden, num_classes, kernel_size=1),
     )

@@ -137,7 +137,7 @@ def build(args: argparse.Namespace) -> Path:
         say(f"weights: {weights.description} from {weights.path} ({weights.path.stat().st_size / 1e6:.0f} MB)")
         if not weights.trained:
             say("NOTE: random weights are untrained; every response of this model will say so")
-        say(f"checking that the state dict fits {args.arch} with the {args.head} head (memory-mapped, no copy)")
+        say(f"checking that the state dict fits {args.arch} with the {args.head} head")
         state_dict = read_state_dict(weights.path, mmap=True)
         num_classes = num_classes_in(state_dict)
         try:

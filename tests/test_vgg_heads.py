@@ -112,3 +112,16 @@ def test_parameter_table_script_shows_counts_independent_of_input_size():
     assert len(size_rows) == 3
     assert all(row.count("138,357,544") == 2 for row in size_rows)
     assert "[1, 1000, 8, 8]" in out and "shape error" in out  # dense map at 448; the plain FC head breaks
+
+
+@pytest.mark.parametrize("size", [(7, 7), (9, 16), (1, 7)], ids=["7x7", "9x16", "1x7"])
+def test_im2col_fc6_equals_a_plain_convolution(size):
+    from vgg_models import Im2colConv2d
+
+    torch.manual_seed(0)
+    fc6 = Im2colConv2d(32, 64, kernel_size=(1, 7) if size[0] == 1 else 7)
+    x = torch.randn(2, 32, *size)
+    with torch.no_grad():
+        expected = F.conv2d(x, fc6.weight, fc6.bias)
+        assert fc6(x).shape == expected.shape
+        assert (fc6(x) - expected).abs().max() <= 1e-4
