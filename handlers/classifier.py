@@ -8,6 +8,7 @@ value in its own slot and never touches the others.
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from contextlib import nullcontext
 from typing import Dict, List, Sequence, Tuple, Union
@@ -25,6 +26,15 @@ Decoded = Union[torch.Tensor, RequestError]  # (H, W, 3) uint8 pixels, or why th
 UNTRAINED_WARNING = "untrained random weights: these predictions are meaningless"
 
 
+def abandon_worker(error: BaseException) -> None:
+    """A CUDA error other than out-of-memory leaves the context unusable. TorchServe answers any exception that
+    mentions CUDA with 507 and keeps the worker, which would then fail every later batch; exiting makes the
+    frontend start a fresh worker instead."""
+    logger.critical("unrecoverable CUDA error, exiting so TorchServe restarts this worker: %s", error)
+    logging.shutdown()
+    os._exit(1)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     # CPU allocation failures are plain RuntimeErrors ("DefaultCPUAllocator: can't allocate memory").
     return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "allocate memory" in str(error)
@@ -40,7 +50,10 @@ class ImageClassifier:
         self.model_name = model_name
         self.device = device
         self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-        self.model = model.to(device=device, memory_format=self.memory_format).eval()
+        self.model = model.to(device=device).eval()
+        # channels_last helps the convolutional trunk; the classifier's fc6 weight must stay contiguous, or the
+        # fcn head's matrix product would copy it (400 MB for vgg16) on every forward pass.
+        getattr(self.model, "features", self.model).to(memory_format=self.memory_format)
         self.topk = min(options.topk, len(self.labels))
         if options.precision == "tf32":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -85,7 +98,7 @@ class ImageClassifier:
                 probabilities = self.forward(torch.stack([decoded[i] for i in chunk]))
             except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
                 if "CUDA error" in str(error):
-                    raise  # a broken CUDA context: let TorchServe fail the batch and restart the worker
+                    abandon_worker(error)
                 # Only this pass fails: the worker and the batch's other passes go on.
                 logger.exception("forward pass over %d images failed", len(chunk))
                 self.release_memory()

@@ -33,8 +33,8 @@ HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"hevx": "HEIC
 def sniff_other_format(body: bytes) -> str | None:
     if bytes(body[4:8]) == b"ftyp" and bytes(body[8:12]) in HEIF_BRANDS:
         return HEIF_BRANDS[bytes(body[8:12])]
-    head = bytes(body[:4096]).lstrip()
-    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
+    head = bytes(body[:4096]).removeprefix(b"\xef\xbb\xbf").lstrip()
+    if head.startswith(b"<") and b"<svg" in head:  # <svg, <?xml, <!DOCTYPE svg, or a leading comment
         return "SVG"
     return None
 
@@ -83,6 +83,10 @@ def decode_pixels(image: Image.Image) -> Image.Image:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Every Pillow mode to 8-bit RGB; transparency is composited over white, 16-bit depth is rounded to 8 bits."""
+    key = image.info.get("transparency")
+    if image.mode == "RGB" and isinstance(key, tuple) and max(key) > 255:
+        # 16-bit RGB PNGs are decoded to 8 bits but keep a 16-bit transparent colour; compare the high bytes
+        image.info["transparency"] = tuple(v >> 8 for v in key)
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode in SIXTEEN_BIT_MODES:

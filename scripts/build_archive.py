@@ -142,8 +142,9 @@ def build(args: argparse.Namespace) -> Path:
         num_classes = num_classes_in(state_dict)
         try:
             load_model(args.arch, args.head, state_dict)
-        except RuntimeError as error:  # missing keys or shape mismatches: weights of another architecture
-            raise BuildError(f"{weights.path} does not fit {args.arch}: {str(error).splitlines()[0]} ...") from error
+        except (RuntimeError, KeyError) as error:  # missing keys or mismatched shapes: another architecture
+            detail = " ".join(str(error).split())[:400]
+            raise BuildError(f"{weights.path} does not fit {args.arch}: {detail}") from error
         del state_dict
         labels = read_labels(args.labels, weights, num_classes)
         (staging / "index_to_name.json").write_text(json.dumps({str(i): n for i, n in enumerate(labels)}, indent=1))

@@ -152,7 +152,7 @@ def test_device_is_the_assigned_gpu_only_when_cuda_is_available():
 def test_precision_and_memory_format_options(model_dir, vgg11_reference, options, tolerance):
     instance = SizeAgnosticVGGHandler()
     instance.initialize(MockContext(model_dir, handler_config("fcn", **options)))
-    body = encode(make_photo(96, 80, seed=11), "PNG")
+    body = encode(make_photo(320, 288, seed=11), "PNG")  # a 10x9 feature map: fc6 slides over 4x3 positions
     answer = run(instance, [{"body": body}])[0][0]
     expected = reference_probabilities(vgg11_reference, "fcn", decode_rgb(body))
     for prediction in answer["predictions"]:
@@ -163,6 +163,19 @@ def test_non_finite_scores_are_an_error_not_invalid_json(handler, monkeypatch):
     monkeypatch.setattr(handler.classifier, "forward", lambda pixels: torch.full((len(pixels), 1000), float("nan")))
     answers, statuses = run(handler, [{"body": encode(make_photo(40, 40), "PNG")}])
     assert statuses[0] == (500, "inference_failed") and answers[0]["error"] == "inference_failed"
+
+
+def test_a_cuda_error_ends_the_worker_so_torchserve_starts_a_fresh_one(handler, monkeypatch):
+    import classifier
+
+    def broken(pixels):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    exits = []
+    monkeypatch.setattr(handler.classifier, "forward", broken)
+    monkeypatch.setattr(classifier.os, "_exit", exits.append)
+    run(handler, [{"body": encode(make_photo(40, 40), "PNG")}])
+    assert exits == [1]
 
 
 def test_out_of_memory_fails_only_the_images_of_that_forward_pass(handler, monkeypatch):

@@ -122,8 +122,8 @@ def test_sixteen_bit_transparency_key_is_composited_over_white():
 def test_premultiplied_grey_alpha_is_composited_over_white():
     from image_decoding import to_rgb
 
-    image = Image.new("La", (8, 8), (0, 0))
-    assert np.array_equal(np.asarray(to_rgb(image)), np.full((8, 8, 3), 255, dtype=np.uint8))
+    image = Image.new("La", (8, 8), (100, 128))  # premultiplied grey 100 at alpha 128: straight grey ~199
+    assert np.abs(np.asarray(to_rgb(image)).astype(int) - 227).max() <= 1  # 199 * 0.5 + 255 * 0.5
 
 
 def test_cmyk_jpeg_is_converted_to_rgb():
@@ -176,6 +176,8 @@ def test_normalize_is_scale_then_imagenet_mean_and_std():
     (b'{"image": "cat.jpg"}', 400, "not_an_image"),
     (b"<html><body>hi</body></html>", 400, "not_an_image"),
     (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', 415, "unsupported_format"),
+    (b'\xef\xbb\xbf<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" "x.dtd"><svg width="9"/>', 415,
+     "unsupported_format"),
     (png_declaring(100_000, 100_000), 413, "image_too_large"),
     (png_declaring(9000, 8000), 413, "image_too_large"),  # over 16 x max_pixels but under Pillow's own limit
     (encode(Image.new("RGB", (32, 32)), "ICO"), 415, "unsupported_format"),

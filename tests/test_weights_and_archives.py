@@ -149,3 +149,16 @@ def test_builder_holds_no_copy_of_the_weights_in_memory(vgg11_weights_file, tmp_
                            f"'--weights', {str(vgg11_weights_file)!r}, '--export-path', {str(tmp_path)!r}])")
     weights_kb = vgg11_weights_file.stat().st_size // 1024
     assert building - baseline < weights_kb // 4, (baseline, building, weights_kb)
+
+
+def test_stop_leaves_a_process_group_that_is_not_torchserve_alone(tmp_path):
+    """A stale pid file whose number now belongs to another program must not get that program killed."""
+    from torchserve_runner import stop_process_group
+
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert stop_process_group(other.pid, timeout=2) is False
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
