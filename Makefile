@@ -1,10 +1,11 @@
-# Entry points: `make serve` (set up, build the default archives, start TorchServe), `make stop`, `make test`.
+# Entry points: `make serve` (set up, build the default archives, start TorchServe), `make stop`, `make test`,
+# `make train-demo` and `make study` (the shipped demo model and the resolution study).
 # Every target installs what it needs into .venv first, so both work on a fresh clone.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup serve stop test params archive clean
+.PHONY: setup serve stop test params archive train-demo study clean
 
 setup: $(INSTALLED)
 
@@ -31,6 +32,14 @@ params: $(INSTALLED)
 # make archive ARCH=vgg19_bn HEAD=fcn WEIGHTS=imagenet
 archive: $(INSTALLED)
 	$(PY) scripts/build_archive.py --arch $(ARCH) --head $(HEAD) --weights $(or $(WEIGHTS),imagenet)
+
+# Retrain the shipped demo model (about 15 minutes on 2 cores; writes model_store/demo/).
+train-demo: $(INSTALLED)
+	$(PY) scripts/train_demo.py
+
+# Accuracy and time versus input resolution for both heads (about 20 minutes; writes docs/resolution-study.*).
+study: $(INSTALLED)
+	$(PY) scripts/resolution_study.py
 
 clean:
 	rm -rf .serve model_store/*.mar .pytest_cache

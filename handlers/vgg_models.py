@@ -29,6 +29,8 @@ CONV_LAYOUTS: Dict[str, List[Union[int, str]]] = {
     "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+    # The shipped demo model: VGG's pattern, 8 times narrower, four pool levels, so it trains at 112 px (7 x 16) on a CPU.
+    "demo": [8, "M", 16, "M", 32, 32, "M", 64, 64, "M"],
 }
 
 
@@ -55,7 +57,14 @@ ARCHS: Dict[str, VGGSpec] = {
     "vgg16_bn": VGGSpec("D", batch_norm=True),
     "vgg19": VGGSpec("E", batch_norm=False),
     "vgg19_bn": VGGSpec("E", batch_norm=True),
+    "demo": VGGSpec("demo", batch_norm=True, hidden=128),
 }
+TORCHVISION_ARCHS = [name for name in ARCHS if name.startswith("vgg")]
+
+
+def training_size(spec: VGGSpec) -> int:
+    """The input side at which the feature map is exactly pool_size: 2 ** (number of pools) * pool_size."""
+    return 2 ** CONV_LAYOUTS[spec.layout].count("M") * spec.pool_size
 
 
 def make_features(layout: List[Union[int, str]], batch_norm: bool) -> nn.Sequential:

@@ -37,7 +37,10 @@ def imagenet_entry(arch: str):
     """torchvision's weights enum entry (URL, categories, accuracy) for ``arch``."""
     from torchvision.models import get_model_weights
 
-    return get_model_weights(arch).DEFAULT
+    try:
+        return get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError) as error:
+        raise WeightsUnavailable(f"torchvision has no ImageNet weights for {arch!r}") from error
 
 
 def imagenet_categories() -> List[str]:
@@ -77,11 +80,14 @@ def _offline_message(arch: str, path: Path, why: str) -> str:
 
 
 def random_weights(arch: str, seed: int, directory: Path) -> WeightsFile:
-    """Seeded random torchvision weights saved to ``directory``: the exact format of a real checkpoint."""
+    """Seeded random weights saved to ``directory`` in torchvision's format (torchvision's own initialisation for
+    its architectures, PyTorch's default for the project's own)."""
     from torchvision.models import get_model
 
+    from vgg_models import TORCHVISION_ARCHS, build_model
+
     torch.manual_seed(seed)
-    model = get_model(arch, weights=None)
+    model = get_model(arch, weights=None) if arch in TORCHVISION_ARCHS else build_model(arch, "adaptive")
     path = Path(directory) / f"{arch}-random-seed{seed}.pth"
     torch.save(model.state_dict(), path)
     del model

@@ -50,6 +50,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--export-path", default=str(REPO / "model_store"), help="directory for NAME.mar")
     parser.add_argument("--labels", help="class names: a JSON list or {index: name} file, or one name per line")
     parser.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    parser.add_argument("--description", help="what responses say in their \"weights\" field (default: the source)")
     serving = parser.add_argument_group("serving (model-config.yaml)")
     serving.add_argument("--batch-size", type=int, default=4)
     serving.add_argument("--max-batch-delay", type=int, default=20, help="milliseconds to wait for a batch to fill")
@@ -94,7 +95,7 @@ def read_labels(path: Optional[str], weights: WeightsFile, num_classes: int) -> 
 
 def model_config(args: argparse.Namespace, weights: WeightsFile) -> dict:
     options = HandlerOptions(
-        arch=args.arch, head=args.head, weights=weights.description, trained=weights.trained,
+        arch=args.arch, head=args.head, weights=args.description or weights.description, trained=weights.trained,
         weights_file=weights.path.name, topk=args.topk, max_pixels=args.max_pixels,
         precision=args.precision, channels_last=args.channels_last,
     )

@@ -4,9 +4,10 @@
     python scripts/serve.py            # what `make serve` runs
     python scripts/serve.py --stop     # what `make stop` runs
 
-Default models: vgg16-adaptive and vgg16-fcn with ImageNet weights when they can be had (torch hub cache or
-download); offline, seeded random weights with a loud notice. The server's working directory is .serve/ (its logs,
-its token-authorization keys in key_file.json, a sample image).
+Default models: demo-adaptive and demo-fcn (the shipped demo model, trained on generated shapes), plus
+vgg16-adaptive and vgg16-fcn whenever ImageNet weights can be had (torch hub cache or download); when they cannot,
+a notice says how to add them. Nothing serves random weights by default. The server's working directory is
+.serve/ (its logs, its token-authorization keys in key_file.json, a sample image).
 """
 
 from __future__ import annotations
@@ -14,11 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-import zipfile
 from pathlib import Path
 from typing import List
-
-import yaml
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
@@ -27,12 +25,14 @@ sys.path.insert(0, str(REPO / "handlers"))
 
 import build_archive  # noqa: E402
 from torchserve_runner import TorchServe, read_pid, stop_process_group  # noqa: E402
-from weights import WeightsUnavailable, hub_cache_path  # noqa: E402
+from vgg_models import HEADS  # noqa: E402
+from weights import WeightsUnavailable, imagenet_weights  # noqa: E402
 
 WORKDIR = REPO / ".serve"
 MODEL_STORE = REPO / "model_store"
-DEFAULT_ARCH = "vgg16"
-DEFAULT_HEADS = ("adaptive", "fcn")
+DEMO = MODEL_STORE / "demo"
+DEMO_DESCRIPTION = "demo: narrow VGG trained on generated shapes (model_store/demo/MODEL_CARD.md)"
+IMAGENET_ARCH = "vgg16"
 
 
 def banner(lines: List[str]) -> None:
@@ -43,48 +43,61 @@ def banner(lines: List[str]) -> None:
     print("!" * width + "\n", flush=True)
 
 
-def archive_is_current(archive: Path, arch: str) -> bool:
-    """Reuse an archive unless the handler code is newer, or it holds random weights and ImageNet's are now here."""
+def archive_is_current(archive: Path, sources: List[Path]) -> bool:
+    """Reuse an archive unless the handler code or its weights file changed after it was built."""
     if not archive.is_file():
         return False
-    if any(source.stat().st_mtime > archive.stat().st_mtime for source in (REPO / "handlers").glob("*.py")):
-        return False
-    with zipfile.ZipFile(archive) as mar:
-        options = yaml.safe_load(mar.read("model-config.yaml"))["handler"]
-    return options.get("trained", True) or not hub_cache_path(arch).is_file()
+    built = archive.stat().st_mtime
+    return all(source.stat().st_mtime <= built for source in [*(REPO / "handlers").glob("*.py"), *sources])
 
 
-def ensure_archive(arch: str, head: str) -> str:
-    name = f"{arch}-{head}"
+def ensure_archive(name: str, weights: Path, builder_args: List[str]) -> str:
     archive = MODEL_STORE / f"{name}.mar"
-    if archive_is_current(archive, arch):
+    if archive_is_current(archive, [weights]):
         print(f"[serve] using existing {archive} (delete it to rebuild)", flush=True)
         return name
-    common = ["--arch", arch, "--head", head, "--export-path", str(MODEL_STORE)]
-    try:
-        build_archive.build(build_archive.parse_args(common + ["--weights", "imagenet"]))
-    except WeightsUnavailable as error:
-        banner([f"NO IMAGENET WEIGHTS for {name}: serving SEEDED RANDOM WEIGHTS instead.",
-                "Its predictions are meaningless (every response says so).", "",
-                *textwrap.wrap(str(error), 96), "",
-                "To serve real predictions: place that file, then run `make serve` again."])
-        build_archive.build(build_archive.parse_args(common + ["--weights", "random"]))
+    build_archive.build(build_archive.parse_args(
+        builder_args + ["--name", name, "--weights", str(weights), "--export-path", str(MODEL_STORE)]))
     return name
 
 
-def write_sample_image(path: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (640, 480), (90, 140, 200))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((220, 140, 420, 340), fill=(240, 200, 40))
-    draw.rectangle((0, 380, 640, 480), fill=(60, 150, 60))
-    image.save(path, "JPEG", quality=90)
+def demo_archives() -> List[str]:
+    """The shipped demo model with both heads: works offline, gives meaningful answers on generated shapes."""
+    return [ensure_archive(f"demo-{head}", DEMO / "demo-vgg.pth",
+                           ["--arch", "demo", "--head", head, "--labels", str(DEMO / "labels.json"),
+                            "--description", DEMO_DESCRIPTION])
+            for head in HEADS]
 
 
-def start(heads: List[str], arch: str) -> int:
+def imagenet_archives(arch: str) -> List[str]:
+    """Both heads of ``arch`` with ImageNet weights, or none, with a clear notice, when they cannot be had."""
+    try:
+        weights = imagenet_weights(arch)
+    except WeightsUnavailable as error:
+        banner([f"Not serving {arch}-adaptive / {arch}-fcn: ImageNet weights are not available here.", "",
+                *textwrap.wrap(str(error), 96), "",
+                "The demo models are served meanwhile; run `make serve` again once the file is in place."])
+        return []
+    return [ensure_archive(f"{arch}-{head}", weights.path,
+                           ["--arch", arch, "--head", head, "--description", weights.description])
+            for head in HEADS]
+
+
+def write_sample_image(path: Path) -> str:
+    """A held-out scene of the demo model's kind at its training size (where it is accurate; see
+    docs/resolution-study.md for other sizes), and its true class."""
+    from shapes_dataset import CLASSES, render_example
+    from vgg_models import ARCHS, training_size
+
+    side = training_size(ARCHS["demo"])
+    image, label = render_example(seed=1, split="test", index=7, width=side, height=side)
+    image.save(path, "PNG")
+    return CLASSES[label]
+
+
+def start(arch: str) -> int:
     stop()
-    names = [ensure_archive(arch, head) for head in heads]
+    names = demo_archives() + imagenet_archives(arch)
     server = TorchServe(WORKDIR, MODEL_STORE, [f"{n}={n}.mar" for n in names]).start()
     print(f"[serve] TorchServe starting (pid {server.process.pid}); logs in {WORKDIR / 'logs'}", flush=True)
     try:
@@ -93,14 +106,15 @@ def start(heads: List[str], arch: str) -> int:
         print(f"[serve] TorchServe did not become ready: {error}", file=sys.stderr)
         server.stop()
         return 1
-    sample = WORKDIR / "sample.jpg"
-    write_sample_image(sample)
+    sample = WORKDIR / "sample.png"
+    truth = write_sample_image(sample)
     key = server.keys().get("inference")
     auth = f'-H "Authorization: Bearer {key}" ' if key else ""
     print(f"\n[serve] ready: {', '.join(names)} at {server.url('inference')}")
     for name in names:
         print(f"  curl {auth}-T {sample} {server.url('inference')}/predictions/{name}")
-    print("  (any JPEG/PNG/WebP/GIF/BMP/TIFF of any size works; `make stop` stops the server)\n", flush=True)
+    print(f"  ({sample.name} is a generated {truth} at the demo model's training size; any JPEG/PNG/WebP/GIF/BMP/TIFF"
+          " of any size is accepted; `make stop` stops the server)\n", flush=True)
     return 0
 
 
@@ -116,10 +130,9 @@ def stop() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stop", action="store_true", help="stop the server that `make serve` started")
-    parser.add_argument("--arch", default=DEFAULT_ARCH)
-    parser.add_argument("--heads", nargs="+", default=list(DEFAULT_HEADS))
+    parser.add_argument("--arch", default=IMAGENET_ARCH, help="the ImageNet model served beside the demo")
     args = parser.parse_args()
-    return stop() if args.stop else start(args.heads, args.arch)
+    return stop() if args.stop else start(args.arch)
 
 
 if __name__ == "__main__":

@@ -162,3 +162,16 @@ def test_stop_leaves_a_process_group_that_is_not_torchserve_alone(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_serve_skips_imagenet_models_with_a_notice_when_weights_are_missing(empty_hub, capsys):
+    import serve
+
+    assert serve.imagenet_archives("vgg16") == []
+    out = capsys.readouterr().out
+    assert "Not serving vgg16-adaptive / vgg16-fcn" in out and "vgg16-397923af.pth" in out
+
+
+def test_imagenet_is_refused_for_the_projects_own_architecture():
+    with pytest.raises(WeightsUnavailable, match="no ImageNet weights"):
+        imagenet_weights("demo")
