@@ -7,6 +7,7 @@ loading it (a VGG checkpoint is 500+ MB) and the worker converts it to the chose
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import List, Optional
 import torch
 
 IMAGENET = "imagenet"
+DOWNLOAD_TIMEOUT_S = 30  # per socket operation, not for the whole file
 RANDOM = "random"
 
 
@@ -63,10 +65,14 @@ def imagenet_weights(arch: str, download: bool = True) -> WeightsFile:
         # torchvision's file names end in the SHA-256 prefix; download_url_to_file checks it.
         hash_prefix = path.stem.rsplit("-", 1)[-1]
         print(f"downloading {entry.url} to {path}", flush=True)
+        previous_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a network that drops packets must not stall `make serve`
         try:
             torch.hub.download_url_to_file(entry.url, str(path), hash_prefix=hash_prefix, progress=True)
         except Exception as error:  # URLError, timeouts, hash mismatch: all mean "not available here"
             raise WeightsUnavailable(_offline_message(arch, path, f"download failed: {error}")) from error
+        finally:
+            socket.setdefaulttimeout(previous_timeout)
     acc = entry.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
     return WeightsFile(path, f"imagenet ({entry.name}, top-1 {acc}%)", True, list(entry.meta["categories"]))
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sequential end-to-end latency of the server `make serve` runs, per input size: a quick check, not a load test.
 
-    .venv/bin/python scripts/latency_probe.py --models vgg16-adaptive vgg16-fcn --sizes 224x224 640x480
+    .venv/bin/python scripts/latency_probe.py --models demo-adaptive demo-fcn --sizes 112x112 640x480
 
 Sends one random-noise JPEG per size, `--repeats` times per model, one request at a time, and prints the median.
 """
@@ -32,7 +32,7 @@ def jpeg_of_size(width: int, height: int) -> bytes:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vgg16-adaptive", "vgg16-fcn"])
+    parser.add_argument("--models", nargs="+", default=["demo-adaptive", "demo-fcn"])
     parser.add_argument("--sizes", nargs="+", default=["224x224", "640x480", "1024x768", "2048x1536"], help="WxH")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--url", default="http://127.0.0.1:8080")

@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 from typing import List
+
+import yaml
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
@@ -43,29 +46,37 @@ def banner(lines: List[str]) -> None:
     print("!" * width + "\n", flush=True)
 
 
-def archive_is_current(archive: Path, sources: List[Path]) -> bool:
-    """Reuse an archive unless the handler code or its weights file changed after it was built."""
+def archive_is_current(archive: Path, weights: Path, description: str, sources: List[Path]) -> bool:
+    """Reuse an archive only if it holds these trained weights under this description, and neither the handler
+    code nor any source file changed after it was built (an archive of the same name built by hand, with random
+    weights say, is rebuilt rather than served)."""
     if not archive.is_file():
         return False
     built = archive.stat().st_mtime
-    return all(source.stat().st_mtime <= built for source in [*(REPO / "handlers").glob("*.py"), *sources])
+    if any(source.stat().st_mtime > built for source in [*(REPO / "handlers").glob("*.py"), weights, *sources]):
+        return False
+    with zipfile.ZipFile(archive) as mar:
+        options = yaml.safe_load(mar.read("model-config.yaml")).get("handler", {})
+    return (options.get("trained") is True and options.get("weights_file") == weights.name
+            and options.get("weights") == description)
 
 
-def ensure_archive(name: str, weights: Path, builder_args: List[str]) -> str:
+def ensure_archive(name: str, weights: Path, description: str, builder_args: List[str],
+                   sources: List[Path] = ()) -> str:
     archive = MODEL_STORE / f"{name}.mar"
-    if archive_is_current(archive, [weights]):
+    if archive_is_current(archive, weights, description, list(sources)):
         print(f"[serve] using existing {archive} (delete it to rebuild)", flush=True)
         return name
-    build_archive.build(build_archive.parse_args(
-        builder_args + ["--name", name, "--weights", str(weights), "--export-path", str(MODEL_STORE)]))
+    build_archive.build(build_archive.parse_args(builder_args + [
+        "--name", name, "--weights", str(weights), "--description", description, "--export-path", str(MODEL_STORE)]))
     return name
 
 
 def demo_archives() -> List[str]:
     """The shipped demo model with both heads: works offline, gives meaningful answers on generated shapes."""
-    return [ensure_archive(f"demo-{head}", DEMO / "demo-vgg.pth",
-                           ["--arch", "demo", "--head", head, "--labels", str(DEMO / "labels.json"),
-                            "--description", DEMO_DESCRIPTION])
+    labels = DEMO / "labels.json"
+    return [ensure_archive(f"demo-{head}", DEMO / "demo-vgg.pth", DEMO_DESCRIPTION,
+                           ["--arch", "demo", "--head", head, "--labels", str(labels)], [labels])
             for head in HEADS]
 
 
@@ -78,8 +89,7 @@ def imagenet_archives(arch: str) -> List[str]:
                 *textwrap.wrap(str(error), 96), "",
                 "The demo models are served meanwhile; run `make serve` again once the file is in place."])
         return []
-    return [ensure_archive(f"{arch}-{head}", weights.path,
-                           ["--arch", arch, "--head", head, "--description", weights.description])
+    return [ensure_archive(f"{arch}-{head}", weights.path, weights.description, ["--arch", arch, "--head", head])
             for head in HEADS]
 
 

@@ -100,9 +100,11 @@ class TorchServe:
     def keys(self) -> Dict[str, str]:
         """The token-authorization keys by API ('inference', 'management'); empty when authorization is off."""
         key_file = self.workdir / "key_file.json"
-        if not key_file.is_file():
-            return {}
-        return {api: entry["key"] for api, entry in json.loads(key_file.read_text()).items()}
+        try:
+            entries = json.loads(key_file.read_text())
+            return {api: entry["key"] for api, entry in entries.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}  # not written yet, or caught while TorchServe is still writing it
 
     def headers(self, api: str) -> Dict[str, str]:
         key = self.keys().get(api)

@@ -175,3 +175,14 @@ def test_serve_skips_imagenet_models_with_a_notice_when_weights_are_missing(empt
 def test_imagenet_is_refused_for_the_projects_own_architecture():
     with pytest.raises(WeightsUnavailable, match="no ImageNet weights"):
         imagenet_weights("demo")
+
+
+def test_keys_read_while_torchserve_writes_them_count_as_not_there_yet(tmp_path):
+    from torchserve_runner import TorchServe
+
+    server = TorchServe(tmp_path, tmp_path, [])
+    assert server.keys() == {} and server.headers("inference") == {}
+    (tmp_path / "key_file.json").write_text('{"management": {"key": "abc", "expira')
+    assert server.keys() == {}
+    (tmp_path / "key_file.json").write_text('{"inference": {"key": "k1"}, "management": {"key": "k2"}}')
+    assert server.headers("inference") == {"Authorization": "Bearer k1"}
