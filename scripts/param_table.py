@@ -50,7 +50,7 @@ def table(arch: str, sizes: List[Tuple[int, int]]) -> str:
         models: Dict[str, torch.nn.Module] = {head: build_model(arch, head) for head in HEADS}
     rows = {head: parameter_rows(model) for head, model in models.items()}
     lines = [f"{arch}: parameters per layer", "",
-             f"| layer | adaptive shape | fcn shape | parameters |", "|---|---|---|---:|"]
+             "| layer | adaptive shape | fcn shape | parameters |", "|---|---|---|---:|"]
     for (name, shape_a, count_a), (_, shape_f, count_f) in zip(rows["adaptive"], rows["fcn"]):
         assert count_a == count_f, name
         lines.append(f"| {name} | {shape_a} | {shape_f} | {count_a:,} |")
