@@ -130,15 +130,21 @@ def network_size(width: int, height: int, max_pixels: int, min_side: int) -> Tup
     return width, height
 
 
+def resize_to_contract(image: Image.Image, max_pixels: int, min_side: int) -> Image.Image:
+    """The image at the size the network is fed (unchanged when the contract allows it)."""
+    size = network_size(image.width, image.height, max_pixels, min_side)
+    if size == image.size:
+        return image
+    # Pillow's bicubic filter widens its support when shrinking, i.e. it antialiases.
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
 def decode_image(body: bytes, max_pixels: int, min_side: int, bomb_factor: int) -> torch.Tensor:
     """Request bytes -> (H, W, 3) uint8 tensor at the contract's size. Raises RequestError for bad input."""
     if not body:
         raise errors.empty_body()
     image = to_rgb(decode_pixels(open_image(body, bomb_factor * max_pixels)))
-    size = network_size(image.width, image.height, max_pixels, min_side)
-    if size != image.size:
-        # Pillow's bicubic filter widens its support when shrinking, i.e. it antialiases.
-        image = image.resize(size, Image.Resampling.BICUBIC)
+    image = resize_to_contract(image, max_pixels, min_side)
     return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
 
 

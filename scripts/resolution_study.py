@@ -29,7 +29,7 @@ REPO = SCRIPTS.parent
 sys.path[:0] = [str(SCRIPTS), str(REPO / "handlers")]
 
 from handler_config import HandlerOptions  # noqa: E402
-from image_decoding import network_size, normalize  # noqa: E402
+from image_decoding import network_size, normalize, resize_to_contract  # noqa: E402
 from shapes_dataset import render_example  # noqa: E402
 from vgg_models import ARCHS, load_model, training_size  # noqa: E402
 from weights import read_state_dict  # noqa: E402
@@ -70,11 +70,11 @@ def as_served(images: torch.Tensor) -> torch.Tensor:
     """The service's size policy, exactly as the handler applies it (only 28 px images change: up to 32)."""
     options = HandlerOptions(arch="demo", head="fcn")
     height, width = images.shape[1:3]
-    size = network_size(width, height, options.max_pixels, options.min_side)
-    if size == (width, height):
+    if network_size(width, height, options.max_pixels, options.min_side) == (width, height):
         return images
-    resized = [np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC)) for pixels in images.numpy()]
-    return torch.from_numpy(np.stack(resized))
+    return torch.from_numpy(np.stack([
+        np.asarray(resize_to_contract(Image.fromarray(pixels), options.max_pixels, options.min_side))
+        for pixels in images.numpy()]))
 
 
 def render_condition(pool: Pool, seed: int, count: int, width: int, height: int, object_scale: float | None
