@@ -159,6 +159,16 @@ def read_pid(pid_file: Path) -> Optional[int]:
         return None
 
 
+def _is_torchserve(process) -> bool:
+    import psutil
+
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+    return any(mark in command for mark in ("ts.model_server", "org.pytorch.serve", "model_service_worker"))
+
+
 def stop_process_group(pid: int, timeout: float = 30) -> bool:
     """SIGTERM every live process of the group led by ``pid``, SIGKILL what lingers. False if none was running."""
     import psutil
@@ -173,13 +183,11 @@ def stop_process_group(pid: int, timeout: float = 30) -> bool:
                 continue
         return alive
 
-    try:
-        leader = " ".join(psutil.Process(pid).cmdline())
-    except psutil.Error:
-        leader = ""
-    if leader and "ts.model_server" not in leader and "org.pytorch.serve" not in leader:
-        return False  # a stale pid file whose number now belongs to something else
     group = members()
+    # The pid may come from a stale pid file and now lead some other program's group; only a group with a
+    # TorchServe process in it (frontend or worker) is ours to stop. A leader that already exited is fine.
+    if not any(_is_torchserve(process) for process in group):
+        return False
     for process in group:
         with contextlib.suppress(psutil.Error):
             process.send_signal(signal.SIGTERM)
