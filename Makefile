@@ -1,11 +1,12 @@
 # Entry points: `make serve` (set up, build the default archives, start TorchServe), `make stop`, `make test`,
+# `make loadtest` and `make benchmark` (Locust load tests and the CPU benchmark suite),
 # `make train-demo` and `make study` (the shipped demo model and the resolution study).
 # Every target installs what it needs into .venv first, so both work on a fresh clone.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup serve stop test params archive train-demo study clean
+.PHONY: setup serve stop test loadtest benchmark params archive train-demo study clean
 
 setup: $(INSTALLED)
 
@@ -26,6 +27,22 @@ stop:
 test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# A bounded headless Locust run against the server `make serve` started; report in loadtests/results/<timestamp>/.
+# PROCESSES=N runs Locust distributed: one master and N worker processes (see loadtests/README.md).
+MODEL ?= demo-fcn
+PROFILE ?= mixed
+USERS ?= 4
+SPAWN_RATE ?= 2
+DURATION ?= 30s
+PROCESSES ?= 1
+loadtest: $(INSTALLED)
+	$(PY) scripts/loadtest.py --model $(MODEL) --workload $(PROFILE) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
+		--duration $(DURATION) --processes $(PROCESSES)
+
+# Served vs bare model vs stock handler, and the batching sweep (about 35 minutes); rewrites docs/benchmarks.md.
+benchmark: $(INSTALLED)
+	$(PY) scripts/benchmark.py
+
 params: $(INSTALLED)
 	$(PY) scripts/param_table.py --arch $(or $(ARCH),vgg16)
 
@@ -42,4 +59,4 @@ study: $(INSTALLED)
 	$(PY) scripts/resolution_study.py
 
 clean:
-	rm -rf .serve model_store/*.mar .pytest_cache
+	rm -rf .serve model_store/*.mar .pytest_cache loadtests/.image-cache

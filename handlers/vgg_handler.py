@@ -45,8 +45,8 @@ class SizeAgnosticVGGHandler:
             index_to_name = json.load(labels_file)
         labels = [index_to_name[str(i)] for i in range(len(index_to_name))]
         self.classifier = ImageClassifier(model, options, labels, context.model_name, device)
-        logger.info("loaded %s (%s head, %s) on %s in %.1f s", options.arch, options.head, options.weights,
-                    device, time.perf_counter() - started)
+        logger.info("loaded %s (%s head, %s) on %s in %.1f s; torch uses %d CPU threads", options.arch, options.head,
+                    options.weights, device, time.perf_counter() - started, torch.get_num_threads())
         if not options.trained:
             logger.warning("%s serves UNTRAINED random weights; its predictions are meaningless", context.model_name)
         self.initialized = True
@@ -61,7 +61,10 @@ class SizeAgnosticVGGHandler:
         bodies = [request_body(row) for row in data]
         answers = self.classifier.classify(bodies)
         failed = sum(isinstance(answer, RequestError) for answer in answers)
-        logger.info("batch of %d requests: %d answered, %d refused", len(data), len(data) - failed, failed)
+        stages = self.classifier.last_stage_ms
+        # One line per batch in model_log.log; scripts/benchmark.py parses it (keep the format in step with it).
+        logger.info("batch of %d requests: %d answered, %d refused; decode %.1f ms, model %.1f ms, encode %.1f ms",
+                    len(data), len(data) - failed, failed, stages["decode"], stages["model"], stages["encode"])
         return [self.respond(answer, index, context) for index, answer in enumerate(answers)]
 
     @staticmethod

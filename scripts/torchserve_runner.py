@@ -23,6 +23,7 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 ADDRESS_KEYS = {"inference": "inference_address", "management": "management_address", "metrics": "metrics_address"}
+GRPC_PORT_KEYS = ("grpc_inference_port", "grpc_management_port")
 
 
 def free_port() -> int:
@@ -39,6 +40,15 @@ def read_properties(path: Path) -> Dict[str, str]:
             key, value = line.split("=", 1)
             properties[key.strip()] = value.strip()
     return properties
+
+
+def read_keys(key_file: Path) -> Dict[str, str]:
+    """TorchServe's token-authorization keys by API ('inference', 'management') from its key_file.json."""
+    try:
+        entries = json.loads(Path(key_file).read_text())
+        return {api: entry["key"] for api, entry in entries.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # no such file (authorization off), or caught while TorchServe is still writing it
 
 
 def find_java_home() -> Optional[str]:
@@ -65,6 +75,9 @@ class TorchServe:
         if free_ports:
             for key in ADDRESS_KEYS.values():
                 self.properties[key] = f"http://127.0.0.1:{free_port()}"
+            # TorchServe also opens two gRPC ports; a second server on the defaults would fail to bind and stop.
+            for key in GRPC_PORT_KEYS:
+                self.properties[key] = str(free_port())
         self.properties.update(overrides or {})
         self.process: Optional[subprocess.Popen] = None
 
@@ -99,12 +112,7 @@ class TorchServe:
 
     def keys(self) -> Dict[str, str]:
         """The token-authorization keys by API ('inference', 'management'); empty when authorization is off."""
-        key_file = self.workdir / "key_file.json"
-        try:
-            entries = json.loads(key_file.read_text())
-            return {api: entry["key"] for api, entry in entries.items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return {}  # not written yet, or caught while TorchServe is still writing it
+        return read_keys(self.workdir / "key_file.json")
 
     def headers(self, api: str) -> Dict[str, str]:
         key = self.keys().get(api)

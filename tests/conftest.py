@@ -1,4 +1,5 @@
-"""Shared fixtures: one set of deterministic vgg11 test weights (in memory and as a file) for the whole session."""
+"""Shared fixtures: one set of deterministic vgg11 test weights (in memory and as a file) for the whole session,
+and one TorchServe serving the shipped demo model with both heads (accuracy tests and the Locust smoke test)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import build_archive
 from helpers import test_state_dict, torchvision_model
+from torchserve_runner import TorchServe
+from vgg_models import HEADS
 
 TEST_ARCH = "vgg11"  # the smallest VGG keeps CPU inference in the tests fast
+DEMO = Path(__file__).resolve().parent.parent / "model_store" / "demo"
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +33,19 @@ def vgg11_weights_file(vgg11_state_dict, tmp_path_factory) -> Path:
 def vgg11_reference(vgg11_state_dict):
     """torchvision's own vgg11 holding the test weights: the reference every served answer is compared with."""
     return torchvision_model(TEST_ARCH, vgg11_state_dict)
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("demo_store")
+    for head in HEADS:
+        build_archive.build(build_archive.parse_args([
+            "--arch", "demo", "--head", head, "--weights", str(DEMO / "demo-vgg.pth"), "--labels",
+            str(DEMO / "labels.json"), "--name", f"demo-{head}", "--export-path", str(store)]))
+    server = TorchServe(tmp_path_factory.mktemp("demo_ts"), store, [f"demo-{h}=demo-{h}.mar" for h in HEADS],
+                        free_ports=True).start()
+    try:
+        server.wait_ready([f"demo-{h}" for h in HEADS], timeout=300)
+        yield server
+    finally:
+        server.stop()

@@ -22,7 +22,6 @@ import numpy as np
 
 from helpers import encode, to_input
 from shapes_dataset import CLASSES, render_example
-from torchserve_runner import TorchServe
 from vgg_models import ARCHS, HEADS, load_model, training_size
 from weights import read_state_dict
 
@@ -48,22 +47,6 @@ def test_the_demo_model_ships_small_with_labels_and_card():
 def study_accuracy(head: str, side: int) -> float:
     rows = json.loads(STUDY.read_text())["rows"]
     return next(r[f"{head}_accuracy"] for r in rows if (r["width"], r["height"]) == (side, side))
-
-
-@pytest.fixture(scope="module")
-def demo_server(tmp_path_factory):
-    store = tmp_path_factory.mktemp("demo_store")
-    for head in HEADS:
-        build_archive.build(build_archive.parse_args([
-            "--arch", "demo", "--head", head, "--weights", str(DEMO / "demo-vgg.pth"), "--labels",
-            str(DEMO / "labels.json"), "--name", f"demo-{head}", "--export-path", str(store)]))
-    server = TorchServe(tmp_path_factory.mktemp("demo_ts"), store, [f"demo-{h}=demo-{h}.mar" for h in HEADS],
-                        free_ports=True).start()
-    try:
-        server.wait_ready([f"demo-{h}" for h in HEADS], timeout=300)
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.integration

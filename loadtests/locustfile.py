@@ -1,0 +1,93 @@
+"""Locust load test for /predictions/<model>: closed-loop users POST cached images of one workload profile.
+
+Run through `make loadtest` (scripts/loadtest.py adds the report), or directly, e.g.
+
+    locust -f loadtests/locustfile.py --headless -u 4 -r 2 -t 30s --host http://127.0.0.1:8080 \
+        --model demo-fcn --workload mixed
+
+Each resolution class is its own request name, so Locust's statistics give latency per resolution. A request
+counts as failed unless it gets 200 with a JSON body holding predictions. With token authorization on, the key is
+read from --key-file (TorchServe's key_file.json; `make serve` writes .serve/key_file.json) or TS_INFERENCE_KEY.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from locust import FastHttpUser, constant, events, task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workloads import DEFAULT_CACHE, PROFILES, CachedImage, load_images  # noqa: E402  (puts scripts/ on the path)
+from torchserve_runner import read_keys  # noqa: E402
+
+DEFAULT_KEY_FILE = Path(__file__).resolve().parent.parent / ".serve" / "key_file.json"
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser):
+    parser.add_argument("--model", default="demo-fcn", help="model name in /predictions/<model>")
+    parser.add_argument("--workload", default="mixed", choices=sorted(PROFILES),
+                        help="workload profile (Locust's own --profile only tags a run)")
+    parser.add_argument("--image-cache", default=str(DEFAULT_CACHE), help="directory of the generated images")
+    parser.add_argument("--key-file", default=str(DEFAULT_KEY_FILE),
+                        help="TorchServe's key_file.json (ignored when it does not exist: authorization off)")
+
+
+def inference_key(key_file: str) -> Optional[str]:
+    return os.environ.get("TS_INFERENCE_KEY") or read_keys(Path(key_file)).get("inference")
+
+
+_images: Dict[Tuple[str, str], Dict[str, List[Tuple[CachedImage, bytes]]]] = {}
+
+
+def images_for(profile: str, cache_dir: str) -> Dict[str, List[Tuple[CachedImage, bytes]]]:
+    """Read once per process; gevent users share it."""
+    if (profile, cache_dir) not in _images:
+        _images[(profile, cache_dir)] = load_images(profile, Path(cache_dir))
+    return _images[(profile, cache_dir)]
+
+
+def check(response) -> None:
+    """Mark the request failed unless the service answered it with predictions: our handler's
+    {"predictions": [...]} or, for the benchmark's stock-handler comparison, TorchServe's {label: probability}."""
+    if response.status_code != 200:
+        response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
+        return
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and "predictions" in answer:
+        good = isinstance(answer["predictions"], list) and bool(answer["predictions"])
+    else:
+        good = isinstance(answer, dict) and bool(answer) and all(isinstance(v, float) for v in answer.values())
+    if not good:
+        response.failure(f"200 without predictions: {(response.text or '')[:200]}")
+
+
+class ClassifierUser(FastHttpUser):
+    """One client that sends its next image as soon as the previous answer arrives."""
+    wait_time = constant(0)
+    network_timeout = 600.0  # a 2048 px image on a busy 2-core CPU can take long; the server's own timeout rules
+    connection_timeout = 10.0
+
+    def on_start(self):
+        options = self.environment.parsed_options
+        self.path = f"/predictions/{options.model}"
+        self.images = images_for(options.workload, options.image_cache)
+        self.kinds = sorted(self.images)
+        key = inference_key(options.key_file)
+        self.auth = {"Authorization": f"Bearer {key}"} if key else {}
+
+    @task
+    def classify(self):
+        kind = random.choice(self.kinds)
+        entry, body = random.choice(self.images[kind])
+        headers = {"Content-Type": entry.content_type, **self.auth}
+        with self.client.post(self.path, data=body, headers=headers, name=kind, catch_response=True) as response:
+            check(response)

@@ -1,0 +1,157 @@
+"""Turn one Locust run's CSV files into summary.md and PNG plots (throughput and latency over time, per resolution).
+
+    python loadtests/report.py loadtests/results/<timestamp>     # re-draw a run's report
+
+Reads ``locust_stats.csv`` (totals per request name) and ``locust_stats_history.csv`` (written every second with
+--csv-full-history; its percentiles cover Locust's recent window, so they show latency as it moves). Latencies are
+in milliseconds. The run's parameters come from ``run.json``, which scripts/loadtest.py writes beside the CSVs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+CSV_PREFIX = "locust"
+AGGREGATED = "Aggregated"
+
+
+def read_rows(path: Path) -> List[Dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def number(value: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")  # Locust writes N/A before the first response
+
+
+def resolution_order(name: str):
+    """Request names sort by the size they carry ("jpeg long 64" before "jpeg long 512"), then by name."""
+    sizes = [int(n) for n in re.findall(r"\d+", name)]
+    return (sizes[-1] if sizes else 0, name)
+
+
+def totals(run_dir: Path) -> Dict[str, Dict[str, float]]:
+    """Per request name (and 'Aggregated'): requests, failures, req/s and latency figures of the whole run."""
+    table = {}
+    for row in read_rows(run_dir / f"{CSV_PREFIX}_stats.csv"):
+        table[row["Name"]] = {
+            "requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
+            "rps": number(row["Requests/s"]), "avg_ms": number(row["Average Response Time"]),
+            "min_ms": number(row["Min Response Time"]), "max_ms": number(row["Max Response Time"]),
+            "p50_ms": number(row["50%"]), "p95_ms": number(row["95%"]), "p99_ms": number(row["99%"]),
+            "avg_bytes": number(row["Average Content Size"]),
+        }
+    return table
+
+
+def plot(run_dir: Path, table: Dict[str, Dict[str, float]]) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = [row for row in read_rows(run_dir / f"{CSV_PREFIX}_stats_history.csv") if row["Name"] == AGGREGATED]
+    written = []
+    if history:
+        start = int(history[0]["Timestamp"])
+        seconds = [int(row["Timestamp"]) - start for row in history]
+        figure, (throughput, latency) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+        throughput.plot(seconds, [number(r["Requests/s"]) for r in history], label="requests/s")
+        throughput.plot(seconds, [number(r["Failures/s"]) for r in history], label="failures/s", color="tab:red")
+        users = throughput.twinx()
+        users.plot(seconds, [number(r["User Count"]) for r in history], color="grey", linestyle=":", label="users")
+        users.set_ylabel("users")
+        throughput.set_ylabel("per second")
+        throughput.legend(loc="upper left")
+        throughput.set_title("Throughput over time (all request names)")
+        for column, style in (("50%", "-"), ("95%", "--"), ("99%", ":")):
+            latency.plot(seconds, [number(r[column]) for r in history], linestyle=style, label=f"p{column[:-1]}")
+        latency.set_ylabel("latency (ms)")
+        latency.set_xlabel("seconds since start")
+        latency.legend(loc="upper left")
+        latency.set_title("Latency over time (Locust's recent window)")
+        figure.tight_layout()
+        figure.savefig(run_dir / "over_time.png", dpi=110)
+        plt.close(figure)
+        written.append("over_time.png")
+    names = sorted((name for name in table if name != AGGREGATED), key=resolution_order)
+    if names:
+        figure, (latency, throughput) = plt.subplots(1, 2, figsize=(11, 4.5))
+        positions = range(len(names))
+        width = 0.27
+        for offset, key in zip((-width, 0, width), ("p50_ms", "p95_ms", "p99_ms")):
+            latency.bar([p + offset for p in positions], [table[n][key] for n in names], width,
+                        label=key.split("_")[0])
+        latency.set_xticks(list(positions), names, rotation=30, ha="right")
+        latency.set_ylabel("latency (ms)")
+        latency.set_title("Latency per request name")
+        latency.legend()
+        throughput.bar(list(positions), [table[n]["rps"] for n in names], color="tab:green")
+        throughput.set_xticks(list(positions), names, rotation=30, ha="right")
+        throughput.set_ylabel("requests/s")
+        throughput.set_title("Throughput per request name")
+        figure.tight_layout()
+        figure.savefig(run_dir / "per_resolution.png", dpi=110)
+        plt.close(figure)
+        written.append("per_resolution.png")
+    return written
+
+
+def row_text(name: str, figures: Dict[str, float]) -> str:
+    return (f"| {name} | {figures['requests']} | {figures['failures']} | {figures['rps']:.2f} | "
+            f"{figures['avg_ms']:.0f} | {figures['p50_ms']:.0f} | {figures['p95_ms']:.0f} | {figures['p99_ms']:.0f} | "
+            f"{figures['max_ms']:.0f} |")
+
+
+def summary_text(run: dict, table: Dict[str, Dict[str, float]], plots: List[str],
+                 failures: List[Dict[str, str]]) -> str:
+    lines = [f"# Load test: {run.get('model', '?')}, workload {run.get('workload', '?')}", ""]
+    lines += [f"- {key}: `{value}`" for key, value in run.items()]
+    lines += ["", "| request name | requests | failures | req/s | avg ms | p50 ms | p95 ms | p99 ms | max ms |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in sorted((n for n in table if n != AGGREGATED), key=resolution_order):
+        lines.append(row_text(name, table[name]))
+    if AGGREGATED in table:
+        lines.append(row_text(f"**all**", table[AGGREGATED]))
+    lines += ["", "Percentiles are Locust's (rounded to two significant digits above 100 ms)."]
+    if failures:
+        lines += ["", "## Failures", "", "| request name | error | count |", "|---|---|---:|"]
+        lines += [f"| {f['Name']} | {f['Error'][:160]} | {f['Occurrences']} |" for f in failures]
+    lines += [""] + [f"![{plot_file}]({plot_file})" for plot_file in plots]
+    lines += ["", "Files: `locust_stats.csv`, `locust_stats_history.csv`, `locust_failures.csv`, `report.html` "
+              "(Locust's own report)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: Path) -> Dict[str, Dict[str, float]]:
+    """Write summary.md and the plots into ``run_dir``; return the totals table."""
+    run_dir = Path(run_dir)
+    run_file = run_dir / "run.json"
+    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    table = totals(run_dir)
+    plots = plot(run_dir, table)
+    failures = read_rows(run_dir / f"{CSV_PREFIX}_failures.csv")
+    (run_dir / "summary.md").write_text(summary_text(run, table, plots, failures))
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    table = write_report(parser.parse_args().run_dir)
+    return 0 if table else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,475 @@
+#!/usr/bin/env python3
+"""Served throughput against the bare model and TorchServe's stock handler, a batching sweep, and where time goes.
+
+    make benchmark                          # the whole CPU suite (about 35 minutes on 2 cores)
+    python scripts/benchmark.py --parts bare served stock sweep --duration 20
+    python scripts/benchmark.py --render loadtests/results/benchmark-<ts>/results.json   # docs only
+
+Every served run starts its own TorchServe on free local ports with an archive built for that configuration
+(batchSize, maxBatchDelay, workers), warms it up, runs the project's Locust load test (scripts/loadtest.py) and
+stops it. Its Locust report lands in loadtests/results/benchmark-<ts>/<run>/. The server's logs say where the time
+went: the frontend logs each request's queue wait and the worker's time for its batch ("Waiting time ns",
+"Backend time ns"), and the handler logs each batch's decode / model / encode milliseconds.
+
+The bare model is the handler's own ImageClassifier.forward (same model, precision, normalisation) on images
+decoded beforehand from the same cached files, with no server. The stock handler is TorchServe's built-in
+``image_classifier`` (resize 256, centre-crop 224) serving the same VGG16 weights through a torchvision model file.
+Results go to results.json and are rendered into docs/benchmarks.md, keeping its hand-written "## Reading".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import requests
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+for path in (SCRIPTS, REPO / "handlers", REPO / "loadtests"):
+    sys.path.insert(0, str(path))
+
+import build_archive  # noqa: E402
+from loadtest import machine_description, run_load_test  # noqa: E402
+from torchserve_runner import TorchServe  # noqa: E402
+from workloads import DEFAULT_CACHE, PROFILES, load_images  # noqa: E402
+
+DEMO = REPO / "model_store" / "demo"
+RESULTS = REPO / "loadtests" / "results"
+DOC = REPO / "docs" / "benchmarks.md"
+READING_HEADING = "## Reading"
+IDLE_PAUSE = 0.02  # seconds idle before each timed call of the "after idle" bare figure
+SWEEP_USERS = 16  # enough closed-loop users to fill the largest batch
+
+BATCH_LINE = re.compile(r"batch of (\d+) requests: \d+ answered, \d+ refused; "
+                        r"decode ([\d.]+) ms, model ([\d.]+) ms, encode ([\d.]+) ms")
+JOB_LINE = re.compile(r"Waiting time ns: (\d+), Backend time ns: (\d+)")
+
+# The stock handler loads a model class from a file in the archive; this one is torchvision's VGG, unchanged.
+STOCK_MODEL_FILE = '''"""torchvision's {arch} for TorchServe's stock image_classifier handler (benchmark comparison only)."""
+import torchvision
+
+
+class StockVGG(torchvision.models.VGG):
+    def __init__(self):
+        super().__init__(torchvision.models.get_model("{arch}", weights=None).features)
+'''
+
+
+@dataclass(frozen=True)
+class Served:
+    """One served configuration; ``handler`` is 'ours' or 'stock'."""
+    model: str  # demo or vgg16
+    head: str
+    workload: str
+    batch: int
+    delay: int
+    workers: int
+    users: int
+    handler: str = "ours"
+
+    @property
+    def name(self) -> str:
+        head = "stock" if self.handler == "stock" else self.head
+        return f"{self.model}-{head}-{self.workload}-b{self.batch}-d{self.delay}-w{self.workers}-u{self.users}"
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+def weights_for(model: str, scratch: Path) -> Dict[str, str]:
+    """Builder arguments for the model's weights: the shipped demo weights, or seeded random VGG16 weights saved
+    once (speed does not depend on the values)."""
+    if model == "demo":
+        return {"arch": "demo", "weights": str(DEMO / "demo-vgg.pth"), "labels": str(DEMO / "labels.json")}
+    path = scratch / f"{model}-random-seed0.pth"
+    if not path.is_file():
+        from weights import random_weights
+
+        random_weights(model, 0, scratch)
+    return {"arch": model, "weights": str(path), "labels": None}
+
+
+# ------------------------------------------------------------------------------------------------ bare model
+def seconds_per_call(function, min_seconds: float, min_calls: int = 3, pause: float = 0.0) -> float:
+    """Median seconds of ``function()`` over at least ``min_calls`` calls and ``min_seconds``; ``pause`` sleeps
+    before each call, as a server's forward pass follows idle time (threads asleep, caches cold)."""
+    function()  # warm-up: first-call allocations and kernel selection
+    times: List[float] = []
+    started = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - started < min_seconds:
+        time.sleep(pause)
+        call_started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - call_started)
+    return statistics.median(times)
+
+
+def bare_model(model: str, head: str, workload: str, batches: List[int], scratch: Path, precision: str = "fp32",
+               min_seconds: float = 3.0, images_per_kind: Optional[int] = None) -> dict:
+    """Decode and model milliseconds per image for each request name, and images/s of the whole workload
+    (uniform over request names, as the locustfile draws them) at each batch size."""
+    import torch
+
+    from classifier import ImageClassifier
+    from handler_config import HandlerOptions
+    from image_decoding import decode_image, normalize
+    from vgg_models import load_model
+    from weights import read_state_dict
+
+    source = weights_for(model, scratch)
+    options = HandlerOptions(arch=source["arch"], head=head, precision=precision)
+    network = load_model(source["arch"], head, read_state_dict(Path(source["weights"])))
+    classifier = ImageClassifier(network, options, [str(i) for i in range(1000)], "bare", torch.device("cpu"))
+    kinds = {}
+    for kind, images in load_images(workload).items():
+        images = images[:images_per_kind] if images_per_kind else images
+        pixels = [decode_image(body, options.max_pixels, options.min_side, options.bomb_factor) for _, body in images]
+        decode_ms = 1000 * statistics.mean(
+            seconds_per_call(lambda body=body: decode_image(body, options.max_pixels, options.min_side,
+                                                            options.bomb_factor), 0.2, 3) for _, body in images)
+        # The preprocessing inside the forward pass (uint8 HWC -> normalised float NCHW), timed on its own.
+        normalize_ms = 1000 * statistics.mean(seconds_per_call(lambda p=p: normalize(p.unsqueeze(0)), 0.1, 3)
+                                              for p in pixels)
+        model_ms = {}
+        for batch in batches:
+            # A batch of one image size, as the handler forms them: each image repeated ``batch`` times.
+            per_image = [seconds_per_call(lambda p=p: classifier.forward(torch.stack([p] * batch)),
+                                          min_seconds / len(pixels), 2) / batch for p in pixels]
+            model_ms[batch] = 1000 * statistics.mean(per_image)
+        after_pause_ms = 1000 * statistics.mean(
+            seconds_per_call(lambda p=p: classifier.forward(p.unsqueeze(0)), 0, 3, pause=IDLE_PAUSE)
+            for p in pixels)
+        kinds[kind] = {"decode_ms": decode_ms, "normalize_ms": normalize_ms, "model_ms": model_ms,
+                       "model_ms_after_pause": after_pause_ms, "images": len(images)}
+        print(f"[bare] {model}-{head} {kind}: decode {decode_ms:.1f} ms, normalize {normalize_ms:.2f} ms, model "
+              + ", ".join(f"b{b} {ms:.1f} ms" for b, ms in model_ms.items())
+              + f" per image; b1 after {IDLE_PAUSE * 1000:.0f} ms idle {after_pause_ms:.1f} ms", flush=True)
+    throughput = {batch: 1000 / statistics.mean(k["model_ms"][batch] for k in kinds.values()) for batch in batches}
+    with_decode = {batch: 1000 / statistics.mean(k["model_ms"][batch] + k["decode_ms"] for k in kinds.values())
+                   for batch in batches}
+    return {"model": model, "head": head, "workload": workload, "precision": precision, "kinds": kinds,
+            "model_images_per_s": throughput, "decode_and_model_images_per_s": with_decode,
+            "threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------------------------------------------- served
+def build_served_archive(config: Served, store: Path, scratch: Path) -> str:
+    source = weights_for(config.model, scratch)
+    serving = ["--batch-size", str(config.batch), "--max-batch-delay", str(config.delay),
+               "--min-workers", str(config.workers), "--max-workers", str(config.workers)]
+    if config.handler == "stock":
+        return build_stock_archive(config, source, serving, store, scratch)
+    args = ["--arch", source["arch"], "--head", config.head, "--weights", source["weights"], "--name", config.name,
+            "--export-path", str(store), *serving]
+    if source["labels"]:
+        args += ["--labels", source["labels"]]
+    build_archive.build(build_archive.parse_args(args))
+    return config.name
+
+
+def build_stock_archive(config: Served, source: Dict[str, str], serving: List[str], store: Path,
+                        scratch: Path) -> str:
+    import subprocess
+
+    import yaml
+
+    model_file = scratch / "stock_vgg.py"
+    model_file.write_text(STOCK_MODEL_FILE.format(arch=source["arch"]))
+    settings = dict(zip(serving[::2], serving[1::2]))
+    config_file = scratch / f"{config.name}.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "batchSize": int(settings["--batch-size"]), "maxBatchDelay": int(settings["--max-batch-delay"]),
+        "minWorkers": int(settings["--min-workers"]), "maxWorkers": int(settings["--max-workers"]),
+        "responseTimeout": 300}))
+    subprocess.run([sys.executable, "-m", "model_archiver.model_packaging", "--model-name", config.name,
+                    "--version", "1.0", "--model-file", str(model_file), "--serialized-file", source["weights"],
+                    "--handler", "image_classifier", "--config-file", str(config_file),
+                    "--export-path", str(store), "--archive-format", "zip-store", "--force"], check=True)
+    return config.name
+
+
+def warm_up(server: TorchServe, name: str, workload: str, rounds: int) -> None:
+    """Every request name once per round, so first-call costs (allocations, kernel choice) stay out of the run."""
+    headers = server.headers("inference")
+    for _ in range(rounds):
+        for kind, images in load_images(workload).items():
+            entry, body = images[0]
+            answer = requests.post(f"{server.url('inference')}/predictions/{name}", data=body, timeout=600,
+                                   headers={**headers, "Content-Type": entry.content_type})
+            answer.raise_for_status()
+
+
+def log_breakdown(model_log: str, frontend_log: str) -> dict:
+    """Mean per-request queue wait and worker time (frontend) and per-batch handler stages (handler's log)."""
+    jobs = [(int(w), int(b)) for w, b in JOB_LINE.findall(frontend_log)]
+    batches = [tuple(float(v) for v in match) for match in BATCH_LINE.findall(model_log)]
+    result = {"requests_logged": len(jobs), "batches_logged": len(batches)}
+    if jobs:
+        result["queue_wait_ms"] = statistics.mean(w for w, _ in jobs) / 1e6
+        result["worker_ms"] = statistics.mean(b for _, b in jobs) / 1e6
+    if batches:
+        result["images_per_batch"] = statistics.mean(b[0] for b in batches)
+        for index, stage in ((1, "decode"), (2, "model"), (3, "encode")):
+            result[f"{stage}_ms_per_batch"] = statistics.mean(b[index] for b in batches)
+        result["handler_ms_per_image"] = sum(sum(b[1:]) for b in batches) / sum(b[0] for b in batches)
+    return result
+
+
+def served_run(config: Served, scratch: Path, out_dir: Path, duration: int) -> dict:
+    store = scratch / "store"
+    store.mkdir(exist_ok=True)
+    name = build_served_archive(config, store, scratch)
+    server = TorchServe(scratch / "server" / config.name, store, [f"{name}={name}.mar"], free_ports=True).start()
+    try:
+        server.wait_ready([name])
+        warm_up(server, name, config.workload, rounds=max(2, config.workers * 2))
+        model_log, frontend_log = server.workdir / "logs" / "model_log.log", server.workdir / "torchserve.out"
+        offsets = [model_log.stat().st_size if model_log.exists() else 0, frontend_log.stat().st_size]
+        status, table = run_load_test(
+            server.url("inference"), name, config.workload, config.users, spawn_rate=config.users,
+            duration=f"{duration}s", run_dir=out_dir / config.name, key_file=server.workdir / "key_file.json",
+            extra={"configuration": asdict(config)})
+        logs = [path.read_text(errors="replace")[offset:] if path.exists() else ""
+                for path, offset in zip((model_log, frontend_log), offsets)]
+    finally:
+        server.stop()
+    total = table.get("Aggregated", {})
+    result = {"config": asdict(config), "name": config.name, "status": status, **total,
+              "per_name": {k: v for k, v in table.items() if k != "Aggregated"}, **log_breakdown(*logs)}
+    print(f"[served] {config.name}: {total.get('rps', 0):.2f} req/s, p50 {total.get('p50_ms', 0):.0f} ms, "
+          f"p99 {total.get('p99_ms', 0):.0f} ms, failures {total.get('failures')}", flush=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------ plan
+def plan(parts: List[str]) -> Dict[str, list]:
+    """The CPU suite. VGG16 runs at 224x224 only: one 2048 px image takes about 16 s on this CPU."""
+    runs: Dict[str, list] = {"bare": [], "served": []}
+    if "bare" in parts:
+        runs["bare"] += [("vgg16", "fcn", "fixed", [1, 4, 8]), ("vgg16", "adaptive", "fixed", [1, 8]),
+                         ("demo", "fcn", "fixed", [1, 4, 8, 16]), ("demo", "adaptive", "fixed", [1, 8]),
+                         ("demo", "fcn", "mixed", [1]), ("demo", "fcn", "formats", [1])]
+    if "served" in parts:
+        runs["served"] += [Served("vgg16", "fcn", "fixed", b, 5, 1, 8) for b in (1, 4, 8)]
+        runs["served"] += [Served("vgg16", "adaptive", "fixed", 8, 5, 1, 8)]
+        runs["served"] += [Served("demo", "fcn", "formats", 4, 5, 1, 8)]
+        # One user, nothing queued: client latency minus the logged queue and worker time is the frontend's own cost.
+        runs["served"] += [Served("demo", "fcn", "fixed", 1, 5, 1, 1), Served("vgg16", "fcn", "fixed", 1, 5, 1, 1)]
+    if "stock" in parts:
+        runs["served"] += [Served("vgg16", "adaptive", "fixed", b, 5, 1, 8, handler="stock") for b in (1, 4)]
+    if "sweep" in parts:
+        runs["served"] += [Served("demo", "fcn", workload, batch, delay, workers, SWEEP_USERS)
+                           for workload in ("fixed", "mixed") for workers in (1, 2)
+                           for batch in (1, 4, 8, 16) for delay in (5, 50)]
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def fmt(value, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def bare_lookup(results: dict, model: str, head: str, workload: str, batch: int) -> Optional[float]:
+    for entry in results["bare"]:
+        if (entry["model"], entry["head"], entry["workload"]) == (model, head, workload):
+            # The server may run any batch up to batchSize, so the ceiling is the best bare rate among those.
+            figures = {int(k): v for k, v in entry["model_images_per_s"].items()}
+            return max(v for b, v in figures.items() if b <= batch)
+    return None
+
+
+def served_rows(results: dict, keep) -> List[str]:
+    rows = []
+    for run in results["served"]:
+        config = run["config"]
+        if not keep(config):
+            continue
+        # Same-size images only stack in "fixed"; the other workloads are bare at batch 1.
+        bare_batch = config["batch"] if config["workload"] == "fixed" else 1
+        bare = bare_lookup(results, config["model"], config["head"], config["workload"], bare_batch)
+        handler = "stock image_classifier" if config["handler"] == "stock" else f"ours ({config['head']})"
+        ratio = f"{run['rps'] / bare:.2f}" if bare and run.get("rps") and config["handler"] == "ours" else "–"
+        rows.append(f"| {config['model']} | {handler} | {config['workload']} | {config['batch']} | {config['delay']} | "
+                    f"{config['workers']} | {config['users']} | {fmt(run.get('rps'), 2)} | {fmt(run.get('p50_ms'), 0)} | "
+                    f"{fmt(run.get('p95_ms'), 0)} | {fmt(run.get('p99_ms'), 0)} | {run.get('failures')} | "
+                    f"{fmt(bare, 2)} | {ratio} |")
+    return rows
+
+
+SERVED_HEADER = ["| model | handler | workload | batchSize | maxBatchDelay ms | workers | users | req/s | p50 ms | "
+                 "p95 ms | p99 ms | failures | bare img/s | served / bare |",
+                 "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+
+def breakdown_rows(results: dict) -> List[str]:
+    rows = []
+    for run in results["served"]:
+        if "worker_ms" not in run:
+            continue
+        config = run["config"]
+        handler = "stock" if config["handler"] == "stock" else config["head"]
+        stages = (f"{fmt(run.get('decode_ms_per_batch'))} / {fmt(run.get('model_ms_per_batch'))} / "
+                  f"{fmt(run.get('encode_ms_per_batch'))}" if "decode_ms_per_batch" in run else "not logged")
+        outside = run["avg_ms"] - run["queue_wait_ms"] - run["worker_ms"]
+        handler_share = (f"{fmt(run['worker_ms'] - sum(run[f'{s}_ms_per_batch'] for s in ('decode', 'model', 'encode')))}"
+                         if "decode_ms_per_batch" in run else "–")
+        rows.append(f"| {config['model']}-{handler} | {config['workload']} | {config['batch']}/{config['delay']}/"
+                    f"{config['workers']} | {fmt(run.get('images_per_batch'))} | {fmt(run['avg_ms'], 0)} | "
+                    f"{fmt(run['queue_wait_ms'], 0)} | {fmt(run['worker_ms'], 0)} | {stages} | {handler_share} | "
+                    f"{fmt(outside, 1)} |")
+    return rows
+
+
+def bare_rows(results: dict) -> List[str]:
+    rows = []
+    for entry in results["bare"]:
+        for kind, figures in sorted(entry["kinds"].items(), key=lambda item: [int(n) for n in re.findall(r"\d+", item[0])][-1]):
+            model_ms = ", ".join(f"b{b}: {fmt(ms)}" for b, ms in figures["model_ms"].items())
+            rows.append(f"| {entry['model']}-{entry['head']} | {kind} | {fmt(figures['decode_ms'])} | "
+                        f"{fmt(figures.get('normalize_ms'), 2)} | {model_ms} | "
+                        f"{fmt(figures.get('model_ms_after_pause'))} |")
+    return rows
+
+
+def render(results: dict) -> str:
+    meta = results["meta"]
+    lines = [
+        "# Benchmarks: served throughput, the bare model, the stock handler and batching",
+        "",
+        "Generated by `scripts/benchmark.py` from one sitting; do not edit the tables by hand (the "
+        f"\"{READING_HEADING[3:]}\" section at the end is hand-written and kept when the tables are regenerated).",
+        "",
+        f"- Machine: {meta['machine']}; torch {meta['torch']} with {meta['threads']} threads; TorchServe "
+        f"{meta['torchserve']}; Locust {meta['locust']}. No GPU on this machine.",
+        f"- Command: `{meta['command']}` ({meta['minutes']:.0f} minutes, {meta['date']}).",
+        f"- Each served run: its own TorchServe, warm-up, then {meta['duration']} s of closed-loop Locust users (no "
+        "think time) on the same machine (Locust shares the 2 cores with the server). Per-run Locust reports with "
+        f"plots: `{meta['results_dir']}/<run>/summary.md`.",
+        "- Models: `demo` is the shipped demo network (model_store/demo); `vgg16` has seeded random weights (speed "
+        "does not depend on the values). fp32 throughout. Workloads: "
+        + "; ".join(f"`{name}`: {text}" for name, text in PROFILES.items()) + ".",
+        "- *bare img/s*: the handler's own forward pass (normalise, model, softmax) on pre-decoded images of the same "
+        "workload, no server, no decoding: the best rate among the batch sizes the server could form (same-size "
+        "images only: `fixed` up to batchSize, the others at 1). It is the ceiling the served figure is divided by.",
+        "",
+        "## VGG16 at 224x224 JPEG: our handler, the stock handler, the bare model",
+        "",
+        *SERVED_HEADER,
+        *served_rows(results, lambda c: c["model"] == "vgg16"),
+        "",
+        "The stock handler resizes every image to 256 and centre-crops 224: at any other resolution it classifies a "
+        "224x224 crop (discarding the borders of wide images and all detail of large ones), so it has no "
+        "per-resolution behaviour to compare; our handler runs the network on the image at its own size.",
+        "",
+        "## Demo model: one user, and mixed formats",
+        "",
+        *SERVED_HEADER,
+        *served_rows(results, lambda c: c["model"] == "demo" and c["users"] != SWEEP_USERS),
+        "",
+        f"## Batching sweep (demo-fcn, {SWEEP_USERS} users)",
+        "",
+        *SERVED_HEADER,
+        *served_rows(results, lambda c: c["model"] == "demo" and c["users"] == SWEEP_USERS),
+        "",
+        "## Where the time goes",
+        "",
+        "Means per request from the server's own logs during the measured run: the frontend's queue wait (from "
+        "arrival until a worker takes the batch, including maxBatchDelay) and worker time (the batch's round trip "
+        "to the Python worker); the handler's decode / model / encode time per batch; the worker time not spent in "
+        "those stages (IPC, TorchServe's Python service); and what remains of the client's latency (HTTP, Netty, "
+        "Locust itself).",
+        "",
+        "| served model | workload | batch/delay/workers | images per batch | client latency ms | queue wait ms | "
+        "worker ms | decode / model / encode ms per batch | worker outside handler ms | frontend + client ms |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|",
+        *breakdown_rows(results),
+        "",
+        "## Bare model and decoding per request name",
+        "",
+        "Milliseconds per image, one thread pool of "
+        f"{meta['threads']} threads, no server: JPEG/PNG/WebP decoding into RGB pixels (the handler's "
+        "`decode_image`, including the resize of images over max_pixels), the conversion to a normalised float "
+        "tensor, and the whole forward pass (normalisation, network, softmax) at each batch size.",
+        "",
+        "| model | request name | decode ms | normalize ms (part of model) | model ms per image at batch size "
+        f"(back to back) | model ms, batch 1, after {IDLE_PAUSE * 1000:.0f} ms idle |",
+        "|---|---|---:|---:|---|---:|",
+        *bare_rows(results),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_doc(results: dict) -> None:
+    reading = ""
+    if DOC.is_file():
+        text = DOC.read_text()
+        if READING_HEADING in text:
+            reading = text[text.index(READING_HEADING):]
+    DOC.write_text(render(results) + "\n" + (reading or f"{READING_HEADING}\n\n(to be written)\n"))
+    print(f"[benchmark] wrote {DOC}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", default=["bare", "served", "stock", "sweep"],
+                        choices=["bare", "served", "stock", "sweep"])
+    parser.add_argument("--duration", type=int, default=20, help="seconds of load per served run")
+    parser.add_argument("--match", default="", help="only runs whose name contains this, e.g. demo-fcn-mixed")
+    parser.add_argument("--render", type=Path, help="only render docs/benchmarks.md from this results.json")
+    parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+    if args.render:
+        write_doc(json.loads(args.render.read_text()))
+        return 0
+
+    from importlib.metadata import version  # importing locust here would monkey-patch this process with gevent
+
+    import torch
+
+    started = time.time()
+    out_dir = RESULTS / time.strftime("benchmark-%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True)
+    results = {"meta": {"machine": machine_description(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "torchserve": version("torchserve"),
+                        "locust": version("locust"), "duration": args.duration,
+                        "command": "python scripts/benchmark.py " + " ".join(sys.argv[1:]),
+                        "results_dir": str(out_dir.relative_to(REPO)), "date": time.strftime("%Y-%m-%d")},
+               "bare": [], "served": []}
+    runs = plan(args.parts)
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as scratch_name:
+        scratch = Path(scratch_name)
+        for model, head, workload, batches in runs["bare"]:
+            if args.match not in f"{model}-{head}-{workload}":
+                continue
+            results["bare"].append(bare_model(model, head, workload, batches, scratch))
+        for config in runs["served"]:
+            if args.match not in config.name:
+                continue
+            try:
+                run = served_run(config, scratch, out_dir, args.duration)
+            except Exception as error:  # one broken configuration must not lose the others' numbers
+                print(f"[served] {config.name} FAILED: {error}", flush=True)
+                run = {"config": asdict(config), "name": config.name, "status": 1, "error": str(error)}
+            failed += run["status"] != 0
+            results["served"].append(run)
+            (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    results["meta"]["minutes"] = (time.time() - started) / 60
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"[benchmark] results: {out_dir / 'results.json'}", flush=True)
+    if not args.no_doc:
+        write_doc(results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
