@@ -39,7 +39,7 @@ loadtest: $(INSTALLED)
 	$(PY) scripts/loadtest.py --model $(MODEL) --workload $(PROFILE) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
 		--duration $(DURATION) --processes $(PROCESSES)
 
-# Served vs bare model vs stock handler, and the batching sweep (about 35 minutes); rewrites docs/benchmarks.md.
+# Served vs bare model vs stock handler, and the batching sweep (about 40 minutes); rewrites docs/benchmarks.*.
 benchmark: $(INSTALLED)
 	$(PY) scripts/benchmark.py
 

@@ -33,9 +33,13 @@ def add_arguments(parser):
     parser.add_argument("--model", default="demo-fcn", help="model name in /predictions/<model>")
     parser.add_argument("--workload", default="mixed", choices=sorted(PROFILES),
                         help="workload profile (Locust's own --profile only tags a run)")
-    parser.add_argument("--image-cache", default=str(DEFAULT_CACHE), help="directory of the generated images")
-    parser.add_argument("--key-file", default=str(DEFAULT_KEY_FILE),
-                        help="TorchServe's key_file.json (ignored when it does not exist: authorization off)")
+    # Empty defaults resolve on the machine that runs the users: in distributed mode the master sends its option
+    # values to every worker, and its absolute paths need not exist on another machine.
+    parser.add_argument("--image-cache", default="",
+                        help=f"directory of the generated images (default: {DEFAULT_CACHE.name} beside this file)")
+    parser.add_argument("--key-file", default="",
+                        help="TorchServe's key_file.json (default: .serve/key_file.json of this checkout; "
+                             "none there means authorization off)")
 
 
 def inference_key(key_file: str) -> Optional[str]:
@@ -79,9 +83,9 @@ class ClassifierUser(FastHttpUser):
     def on_start(self):
         options = self.environment.parsed_options
         self.path = f"/predictions/{options.model}"
-        self.images = images_for(options.workload, options.image_cache)
+        self.images = images_for(options.workload, options.image_cache or str(DEFAULT_CACHE))
         self.kinds = sorted(self.images)
-        key = inference_key(options.key_file)
+        key = inference_key(options.key_file or str(DEFAULT_KEY_FILE))
         self.auth = {"Authorization": f"Bearer {key}"} if key else {}
 
     @task

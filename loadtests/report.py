@@ -87,7 +87,7 @@ def plot(run_dir: Path, table: Dict[str, Dict[str, float]]) -> List[str]:
         written.append("over_time.png")
     names = sorted((name for name in table if name != AGGREGATED), key=resolution_order)
     if names:
-        figure, (latency, throughput) = plt.subplots(1, 2, figsize=(11, 4.5))
+        figure, (latency, throughput, over_time) = plt.subplots(1, 3, figsize=(16, 4.8))
         positions = range(len(names))
         width = 0.27
         for offset, key in zip((-width, 0, width), ("p50_ms", "p95_ms", "p99_ms")):
@@ -101,6 +101,17 @@ def plot(run_dir: Path, table: Dict[str, Dict[str, float]]) -> List[str]:
         throughput.set_xticks(list(positions), names, rotation=30, ha="right")
         throughput.set_ylabel("requests/s")
         throughput.set_title("Throughput per request name")
+        by_name = [row for row in read_rows(run_dir / f"{CSV_PREFIX}_stats_history.csv") if row["Name"] in names]
+        if by_name:
+            start = min(int(row["Timestamp"]) for row in by_name)
+            for name in names:
+                rows = [row for row in by_name if row["Name"] == name]
+                over_time.plot([int(r["Timestamp"]) - start for r in rows], [number(r["95%"]) for r in rows],
+                               label=name)
+            over_time.set_xlabel("seconds since start")
+            over_time.set_ylabel("p95 latency (ms)")
+            over_time.set_title("p95 per request name over time")
+            over_time.legend(fontsize="small")
         figure.tight_layout()
         figure.savefig(run_dir / "per_resolution.png", dpi=110)
         plt.close(figure)
@@ -123,7 +134,7 @@ def summary_text(run: dict, table: Dict[str, Dict[str, float]], plots: List[str]
     for name in sorted((n for n in table if n != AGGREGATED), key=resolution_order):
         lines.append(row_text(name, table[name]))
     if AGGREGATED in table:
-        lines.append(row_text(f"**all**", table[AGGREGATED]))
+        lines.append(row_text("**all**", table[AGGREGATED]))
     lines += ["", "Percentiles are Locust's (rounded to two significant digits above 100 ms)."]
     if failures:
         lines += ["", "## Failures", "", "| request name | error | count |", "|---|---|---:|"]

@@ -2,8 +2,8 @@
 """Served throughput against the bare model and TorchServe's stock handler, a batching sweep, and where time goes.
 
     make benchmark                          # the whole CPU suite (about 35 minutes on 2 cores)
-    python scripts/benchmark.py --parts bare served stock sweep --duration 20
-    python scripts/benchmark.py --render loadtests/results/benchmark-<ts>/results.json   # docs only
+    python scripts/benchmark.py --parts served --match vgg16 --duration 30     # a part, without touching docs
+    python scripts/benchmark.py --render docs/benchmarks.json                  # re-render docs/benchmarks.md
 
 Every served run starts its own TorchServe on free local ports with an archive built for that configuration
 (batchSize, maxBatchDelay, workers), warms it up, runs the project's Locust load test (scripts/loadtest.py) and
@@ -14,7 +14,8 @@ went: the frontend logs each request's queue wait and the worker's time for its 
 The bare model is the handler's own ImageClassifier.forward (same model, precision, normalisation) on images
 decoded beforehand from the same cached files, with no server. The stock handler is TorchServe's built-in
 ``image_classifier`` (resize 256, centre-crop 224) serving the same VGG16 weights through a torchvision model file.
-Results go to results.json and are rendered into docs/benchmarks.md, keeping its hand-written "## Reading".
+Results go to results.json; a complete suite also copies them to docs/benchmarks.json and renders
+docs/benchmarks.md from them, keeping its hand-written "## Reading".
 """
 
 from __future__ import annotations
@@ -45,13 +46,17 @@ from workloads import DEFAULT_CACHE, PROFILES, load_images  # noqa: E402
 DEMO = REPO / "model_store" / "demo"
 RESULTS = REPO / "loadtests" / "results"
 DOC = REPO / "docs" / "benchmarks.md"
+DOC_DATA = REPO / "docs" / "benchmarks.json"  # the numbers behind the doc, so it can be re-rendered from git
+PARTS = ("bare", "served", "stock", "sweep")
 READING_HEADING = "## Reading"
 IDLE_PAUSE = 0.02  # seconds idle before each timed call of the "after idle" bare figure
 SWEEP_USERS = 16  # enough closed-loop users to fill the largest batch
+SWEEP_DELAYS = (5, 25, 100)  # maxBatchDelay values, milliseconds
 
 BATCH_LINE = re.compile(r"batch of (\d+) requests: \d+ answered, \d+ refused; "
                         r"decode ([\d.]+) ms, model ([\d.]+) ms, encode ([\d.]+) ms")
 JOB_LINE = re.compile(r"Waiting time ns: (\d+), Backend time ns: (\d+)")
+ACCESS_LINE = re.compile(r'ACCESS_LOG - \S+ "POST /predictions/[^"]*" \d{3} (\d+)')
 
 # The stock handler loads a model class from a file in the archive; this one is torchvision's VGG, unchanged.
 STOCK_MODEL_FILE = '''"""torchvision's {arch} for TorchServe's stock image_classifier handler (benchmark comparison only)."""
@@ -159,6 +164,12 @@ def bare_model(model: str, head: str, workload: str, batches: List[int], scratch
             "threads": torch.get_num_threads()}
 
 
+def gpu_description() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
+
+
 # ---------------------------------------------------------------------------------------------------- served
 def build_served_archive(config: Served, store: Path, scratch: Path) -> str:
     source = weights_for(config.model, scratch)
@@ -207,18 +218,27 @@ def warm_up(server: TorchServe, name: str, workload: str, rounds: int) -> None:
 
 
 def log_breakdown(model_log: str, frontend_log: str) -> dict:
-    """Mean per-request queue wait and worker time (frontend) and per-batch handler stages (handler's log)."""
-    jobs = [(int(w), int(b)) for w, b in JOB_LINE.findall(frontend_log)]
+    """Per-request means from the server's own logs, all over the same requests.
+
+    The frontend logs, per request, its queue wait and the worker's time for the request's batch (RestJob), and
+    its own total from arrival to response (ACCESS_LOG). The handler logs each batch's stages; a request sees its
+    whole batch's stage times, so they are averaged per request (weighted by batch size), like the worker time.
+    """
+    jobs = [(int(w) / 1e6, int(b) / 1e6) for w, b in JOB_LINE.findall(frontend_log)]
+    totals = [float(ms) for ms in ACCESS_LINE.findall(frontend_log)]
     batches = [tuple(float(v) for v in match) for match in BATCH_LINE.findall(model_log)]
     result = {"requests_logged": len(jobs), "batches_logged": len(batches)}
     if jobs:
-        result["queue_wait_ms"] = statistics.mean(w for w, _ in jobs) / 1e6
-        result["worker_ms"] = statistics.mean(b for _, b in jobs) / 1e6
+        result["queue_wait_ms"] = statistics.mean(w for w, _ in jobs)
+        result["worker_ms"] = statistics.mean(b for _, b in jobs)
+    if totals:
+        result["server_ms"] = statistics.mean(totals)
     if batches:
-        result["images_per_batch"] = statistics.mean(b[0] for b in batches)
+        images = sum(b[0] for b in batches)
+        result["images_per_batch"] = images / len(batches)
         for index, stage in ((1, "decode"), (2, "model"), (3, "encode")):
-            result[f"{stage}_ms_per_batch"] = statistics.mean(b[index] for b in batches)
-        result["handler_ms_per_image"] = sum(sum(b[1:]) for b in batches) / sum(b[0] for b in batches)
+            result[f"{stage}_ms_per_request"] = sum(b[0] * b[index] for b in batches) / images
+            result[f"{stage}_ms_per_image"] = sum(b[index] for b in batches) / images
     return result
 
 
@@ -265,9 +285,10 @@ def plan(parts: List[str]) -> Dict[str, list]:
     if "stock" in parts:
         runs["served"] += [Served("vgg16", "adaptive", "fixed", b, 5, 1, 8, handler="stock") for b in (1, 4)]
     if "sweep" in parts:
+        # maxBatchDelay means nothing at batchSize 1 (a batch of one never waits), so it is swept above that.
         runs["served"] += [Served("demo", "fcn", workload, batch, delay, workers, SWEEP_USERS)
-                           for workload in ("fixed", "mixed") for workers in (1, 2)
-                           for batch in (1, 4, 8, 16) for delay in (5, 50)]
+                           for workload in ("fixed", "mixed") for workers in (1, 2) for batch in (1, 4, 8, 16)
+                           for delay in ((5,) if batch == 1 else SWEEP_DELAYS)]
     return runs
 
 
@@ -311,19 +332,21 @@ SERVED_HEADER = ["| model | handler | workload | batchSize | maxBatchDelay ms | 
 def breakdown_rows(results: dict) -> List[str]:
     rows = []
     for run in results["served"]:
-        if "worker_ms" not in run:
+        if "worker_ms" not in run or "server_ms" not in run:
             continue
         config = run["config"]
         handler = "stock" if config["handler"] == "stock" else config["head"]
-        stages = (f"{fmt(run.get('decode_ms_per_batch'))} / {fmt(run.get('model_ms_per_batch'))} / "
-                  f"{fmt(run.get('encode_ms_per_batch'))}" if "decode_ms_per_batch" in run else "not logged")
-        outside = run["avg_ms"] - run["queue_wait_ms"] - run["worker_ms"]
-        handler_share = (f"{fmt(run['worker_ms'] - sum(run[f'{s}_ms_per_batch'] for s in ('decode', 'model', 'encode')))}"
-                         if "decode_ms_per_batch" in run else "–")
+        logged = "decode_ms_per_request" in run
+        stages = [run.get(f"{stage}_ms_per_request") for stage in ("decode", "model", "encode")]
+        outside = run["worker_ms"] - sum(stages) if logged else None
+        frontend = run["server_ms"] - run["queue_wait_ms"] - run["worker_ms"]
         rows.append(f"| {config['model']}-{handler} | {config['workload']} | {config['batch']}/{config['delay']}/"
-                    f"{config['workers']} | {fmt(run.get('images_per_batch'))} | {fmt(run['avg_ms'], 0)} | "
-                    f"{fmt(run['queue_wait_ms'], 0)} | {fmt(run['worker_ms'], 0)} | {stages} | {handler_share} | "
-                    f"{fmt(outside, 1)} |")
+                    f"{config['workers']}/{config['users']} | {fmt(run.get('images_per_batch'))} | "
+                    f"{fmt(run.get('avg_ms'), 0)} | {fmt(run['server_ms'], 0)} | {fmt(run['queue_wait_ms'], 0)} | "
+                    f"{fmt(run['worker_ms'], 0)} | "
+                    + (" / ".join(fmt(v) for v in stages) if logged else "not logged (stock)")
+                    + f" | {fmt(outside)} | {fmt(frontend)} | "
+                    + (f"{fmt(run.get('model_ms_per_image'))}" if logged else "–") + " |")
     return rows
 
 
@@ -347,9 +370,11 @@ def render(results: dict) -> str:
         f"\"{READING_HEADING[3:]}\" section at the end is hand-written and kept when the tables are regenerated).",
         "",
         f"- Machine: {meta['machine']}; torch {meta['torch']} with {meta['threads']} threads; TorchServe "
-        f"{meta['torchserve']}; Locust {meta['locust']}. No GPU on this machine.",
-        f"- Command: `{meta['command']}` ({meta['minutes']:.0f} minutes, {meta['date']}).",
-        f"- Each served run: its own TorchServe, warm-up, then {meta['duration']} s of closed-loop Locust users (no "
+        f"{meta['torchserve']}; Locust {meta['locust']}. GPU: {meta.get('gpu', 'none')}.",
+        f"- Command: `{meta['command']}` ({fmt(meta.get('minutes'), 0)} minutes, {meta['date']}); numbers in "
+        "`docs/benchmarks.json`.",
+        f"- Each served run: its own TorchServe, warm-up, then {meta['duration']} s ({meta['mixed_duration']} s for "
+        "the `mixed` workload, whose large images take seconds each) of closed-loop Locust users (no "
         "think time) on the same machine (Locust shares the 2 cores with the server). Per-run Locust reports with "
         f"plots: `{meta['results_dir']}/<run>/summary.md`.",
         "- Models: `demo` is the shipped demo network (model_store/demo); `vgg16` has seeded random weights (speed "
@@ -380,15 +405,20 @@ def render(results: dict) -> str:
         "",
         "## Where the time goes",
         "",
-        "Means per request from the server's own logs during the measured run: the frontend's queue wait (from "
-        "arrival until a worker takes the batch, including maxBatchDelay) and worker time (the batch's round trip "
-        "to the Python worker); the handler's decode / model / encode time per batch; the worker time not spent in "
-        "those stages (IPC, TorchServe's Python service); and what remains of the client's latency (HTTP, Netty, "
-        "Locust itself).",
+        "Per-request means from the server's own logs over the measured run (all over the same requests): the "
+        "frontend's total from arrival to response (its access log), split into the queue wait (until a worker "
+        "takes the request's batch, maxBatchDelay included), the worker time (the batch's round trip to the Python "
+        "worker) and the rest (the frontend's own work: HTTP parsing, batching, response). The worker time is split "
+        "into the handler's decode / model / encode (the request's whole batch, as the request waits for all of it) "
+        "and what lies outside the handler (IPC with the frontend, TorchServe's Python service). The client "
+        "latency is Locust's; it differs from the server's total by the HTTP round trip and Locust's own work, and "
+        "because Locust leaves out the requests cut off at the end of the run. *model ms per image* is the "
+        "handler's model time divided by the images in its batches: compare it with the bare figures below.",
         "",
-        "| served model | workload | batch/delay/workers | images per batch | client latency ms | queue wait ms | "
-        "worker ms | decode / model / encode ms per batch | worker outside handler ms | frontend + client ms |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|",
+        "| served model | workload | batch/delay/workers/users | images per batch | client latency ms | "
+        "server total ms | queue wait ms | worker ms | decode / model / encode ms | worker outside handler ms | "
+        "frontend own ms | model ms per image |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
         *breakdown_rows(results),
         "",
         "## Bare model and decoding per request name",
@@ -420,12 +450,14 @@ def write_doc(results: dict) -> None:
 # ------------------------------------------------------------------------------------------------------ main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["bare", "served", "stock", "sweep"],
-                        choices=["bare", "served", "stock", "sweep"])
-    parser.add_argument("--duration", type=int, default=20, help="seconds of load per served run")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--duration", type=int, default=15, help="seconds of load per served run")
+    parser.add_argument("--mixed-duration", type=int, default=30,
+                        help="seconds of load per run of the mixed workload (a 2048 px image takes about 1 s)")
     parser.add_argument("--match", default="", help="only runs whose name contains this, e.g. demo-fcn-mixed")
     parser.add_argument("--render", type=Path, help="only render docs/benchmarks.md from this results.json")
-    parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md alone")
+    parser.add_argument("--doc", action="store_true",
+                        help="write docs/benchmarks.{md,json} even from a partial run (a complete suite always does)")
     args = parser.parse_args()
     if args.render:
         write_doc(json.loads(args.render.read_text()))
@@ -441,7 +473,8 @@ def main() -> int:
     results = {"meta": {"machine": machine_description(), "torch": torch.__version__,
                         "threads": torch.get_num_threads(), "torchserve": version("torchserve"),
                         "locust": version("locust"), "duration": args.duration,
-                        "command": "python scripts/benchmark.py " + " ".join(sys.argv[1:]),
+                        "mixed_duration": args.mixed_duration, "gpu": gpu_description(),
+                        "command": " ".join(["python scripts/benchmark.py", *sys.argv[1:]]),
                         "results_dir": str(out_dir.relative_to(REPO)), "date": time.strftime("%Y-%m-%d")},
                "bare": [], "served": []}
     runs = plan(args.parts)
@@ -456,7 +489,8 @@ def main() -> int:
             if args.match not in config.name:
                 continue
             try:
-                run = served_run(config, scratch, out_dir, args.duration)
+                duration = args.mixed_duration if config.workload == "mixed" else args.duration
+                run = served_run(config, scratch, out_dir, duration)
             except Exception as error:  # one broken configuration must not lose the others' numbers
                 print(f"[served] {config.name} FAILED: {error}", flush=True)
                 run = {"config": asdict(config), "name": config.name, "status": 1, "error": str(error)}
@@ -466,7 +500,9 @@ def main() -> int:
     results["meta"]["minutes"] = (time.time() - started) / 60
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     print(f"[benchmark] results: {out_dir / 'results.json'}", flush=True)
-    if not args.no_doc:
+    complete = not args.match and set(args.parts) == set(PARTS)
+    if complete or args.doc:  # a partial run would replace the published tables with a subset
+        DOC_DATA.write_text(json.dumps(results, indent=1))
         write_doc(results)
     return 1 if failed else 0
 

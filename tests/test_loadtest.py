@@ -11,6 +11,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,12 +82,18 @@ def test_smoke_load_test_records_no_failures_and_writes_the_report(demo_server, 
     assert len(rows) >= 3  # several resolution classes were exercised in 10 s
     assert json.loads((output / "run.json").read_text())["model"] == "demo-fcn"
 
-    # The benchmark's parser reads the handler's real log lines: every answered request is in a logged batch.
-    logged = benchmark.log_breakdown(model_log.read_text(errors="replace")[offset:], "")
+    # The benchmark's parser reads the handler's and the frontend's real log lines: every answered request is in
+    # a logged batch (the frontend copies worker output to the log asynchronously, so give it a moment).
     answered = int(stats_rows(output)["Aggregated"]["Request Count"])
-    assert logged["batches_logged"] > 0
-    assert logged["images_per_batch"] * logged["batches_logged"] >= answered
-    assert logged["model_ms_per_batch"] > 0 and logged["decode_ms_per_batch"] > 0
+    for _ in range(20):
+        logged = benchmark.log_breakdown(model_log.read_text(errors="replace")[offset:],
+                                         (demo_server.workdir / "torchserve.out").read_text(errors="replace"))
+        if logged["batches_logged"] and logged["images_per_batch"] * logged["batches_logged"] >= answered:
+            break
+        time.sleep(0.5)
+    assert logged["images_per_batch"] * logged["batches_logged"] >= answered > 0
+    assert logged["model_ms_per_request"] > 0 and logged["decode_ms_per_request"] > 0
+    assert logged["requests_logged"] >= answered and logged["server_ms"] > 0 and logged["worker_ms"] > 0
 
 
 @pytest.mark.integration
@@ -134,11 +141,19 @@ def test_bare_baseline_runs_the_handlers_forward_pass(tmp_path):
     assert set(result["model_images_per_s"]) == {1, 2}
 
 
-def test_frontend_log_lines_are_parsed():
+def test_log_breakdown_weights_batch_stages_per_request():
     frontend = ("2026-11-29T04:35:35,251 [DEBUG] W-9001-demo-fcn_1.0 org.pytorch.serve.job.RestJob - "
-                "Waiting time ns: 3000000, Backend time ns: 20000000\n") * 2
-    assert benchmark.log_breakdown("", frontend) == {"requests_logged": 2, "batches_logged": 0,
-                                                     "queue_wait_ms": 3.0, "worker_ms": 20.0}
+                "Waiting time ns: 3000000, Backend time ns: 20000000\n"
+                '2026-11-29T04:35:35,251 [INFO ] W-9001-demo-fcn_1.0 ACCESS_LOG - /127.0.0.1:60914 '
+                '"POST /predictions/demo-fcn HTTP/1.1" 200 25\n') * 2
+    handler = ("MODEL_LOG - batch of 3 requests: 3 answered, 0 refused; decode 3.0 ms, model 30.0 ms, encode 0.3 ms\n"
+               "MODEL_LOG - batch of 1 requests: 1 answered, 0 refused; decode 1.0 ms, model 10.0 ms, encode 0.1 ms\n")
+    logged = benchmark.log_breakdown(handler, frontend)
+    assert (logged["requests_logged"], logged["queue_wait_ms"], logged["worker_ms"], logged["server_ms"]) == \
+        (2, 3.0, 20.0, 25.0)
+    assert logged["images_per_batch"] == 2.0
+    assert logged["model_ms_per_request"] == pytest.approx((3 * 30 + 10) / 4)  # three requests saw the 30 ms batch
+    assert logged["model_ms_per_image"] == pytest.approx(40 / 4)
 
 
 def test_stock_model_file_is_torchvisions_vgg(tmp_path):
