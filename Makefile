@@ -1,12 +1,12 @@
 # Entry points: `make serve` (set up, build the default archives, start TorchServe), `make stop`, `make test`,
-# `make loadtest` and `make benchmark` (Locust load tests and the CPU benchmark suite),
+# `make loadtest`, `make benchmark` and `make soak` (Locust load tests, the CPU benchmark suite, the soak),
 # `make train-demo` and `make study` (the shipped demo model and the resolution study).
 # Every target installs what it needs into .venv first, so both work on a fresh clone.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup serve stop test loadtest benchmark params archive train-demo study clean
+.PHONY: setup serve stop test loadtest benchmark soak params archive train-demo study clean
 
 setup: $(INSTALLED)
 
@@ -42,6 +42,11 @@ loadtest: $(INSTALLED)
 # Served vs bare model vs stock handler, and the batching sweep (about 40 minutes); rewrites docs/benchmarks.*.
 benchmark: $(INSTALLED)
 	$(PY) scripts/benchmark.py
+
+# Ten minutes of mixed sizes with 10 % hostile inputs on its own server, watching memory (docs/reliability.md).
+SOAK_DURATION ?= 10m
+soak: $(INSTALLED)
+	$(PY) scripts/soak.py --duration $(SOAK_DURATION)
 
 params: $(INSTALLED)
 	$(PY) scripts/param_table.py --arch $(or $(ARCH),vgg16)

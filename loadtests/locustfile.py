@@ -6,7 +6,9 @@ Run through `make loadtest` (scripts/loadtest.py adds the report), or directly, 
         --model demo-fcn --workload mixed
 
 Each resolution class is its own request name, so Locust's statistics give latency per resolution. A request
-counts as failed unless it gets 200 with a JSON body holding predictions. With token authorization on, the key is
+counts as failed unless it gets 200 with a JSON body holding predictions. With --bad-share P, a request is with
+probability P a case of the hostile corpus (scripts/hostile_corpus.py) instead, and fails unless it gets the
+answer documented for that case (the soak, scripts/soak.py, uses this). With token authorization on, the key is
 read from --key-file (TorchServe's key_file.json; `make serve` writes .serve/key_file.json) or TS_INFERENCE_KEY.
 """
 
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from workloads import DEFAULT_CACHE, PROFILES, CachedImage, load_images  # noqa: E402  (puts scripts/ on the path)
 from torchserve_runner import read_keys  # noqa: E402
+from hostile_corpus import Case, cases  # noqa: E402
 
 DEFAULT_KEY_FILE = Path(__file__).resolve().parent.parent / ".serve" / "key_file.json"
 
@@ -31,6 +34,8 @@ DEFAULT_KEY_FILE = Path(__file__).resolve().parent.parent / ".serve" / "key_file
 @events.init_command_line_parser.add_listener
 def add_arguments(parser):
     parser.add_argument("--model", default="demo-fcn", help="model name in /predictions/<model>")
+    parser.add_argument("--bad-share", type=float, default=0.0,
+                        help="probability that a request is a hostile-corpus case instead of a workload image")
     parser.add_argument("--workload", default="mixed", choices=sorted(PROFILES),
                         help="workload profile (Locust's own --profile only tags a run)")
     # Empty defaults resolve on the machine that runs the users: in distributed mode the master sends its option
@@ -74,6 +79,33 @@ def check(response) -> None:
         response.failure(f"200 without predictions: {(response.text or '')[:200]}")
 
 
+_corpus: List[Tuple[Case, bytes, Dict[str, str]]] = []
+
+
+def hostile_corpus() -> List[Tuple[Case, bytes, Dict[str, str]]]:
+    """Every case's request, built once per process (some bodies take a moment to make)."""
+    if not _corpus:
+        _corpus.extend((case, *case.request()) for case in cases())
+    return _corpus
+
+
+def check_case(response, case: Case) -> None:
+    """A hostile case succeeds when it gets its documented status, and, from the handler, its error code."""
+    if response.status_code != case.status:
+        response.failure(f"{case.name}: HTTP {response.status_code}, expected {case.status}: "
+                         f"{(response.text or '')[:160]}")
+        return
+    if case.error is not None:
+        try:
+            code = response.json().get("error")
+        except (ValueError, AttributeError):
+            code = None
+        if code != case.error:
+            response.failure(f"{case.name}: error {code!r}, expected {case.error!r}")
+            return
+    response.success()  # an expected 4xx is a success here (Locust counts every 4xx as a failure by default)
+
+
 class ClassifierUser(FastHttpUser):
     """One client that sends its next image as soon as the previous answer arrives."""
     wait_time = constant(0)
@@ -85,11 +117,18 @@ class ClassifierUser(FastHttpUser):
         self.path = f"/predictions/{options.model}"
         self.images = images_for(options.workload, options.image_cache or str(DEFAULT_CACHE))
         self.kinds = sorted(self.images)
+        self.bad_share = options.bad_share
         key = inference_key(options.key_file or str(DEFAULT_KEY_FILE))
         self.auth = {"Authorization": f"Bearer {key}"} if key else {}
 
     @task
     def classify(self):
+        if self.bad_share and random.random() < self.bad_share:
+            case, body, headers = random.choice(hostile_corpus())
+            with self.client.post(self.path, data=body, headers={**headers, **self.auth},
+                                  name=f"corpus {case.status}", catch_response=True) as response:
+                check_case(response, case)
+            return
         kind = random.choice(self.kinds)
         entry, body = random.choice(self.images[kind])
         headers = {"Content-Type": entry.content_type, **self.auth}

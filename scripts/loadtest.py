@@ -77,8 +77,8 @@ def locust_command(host: str, model: str, workload: str, users: int, spawn_rate:
 
 def run_load_test(host: str, model: str, workload: str, users: int, spawn_rate: float, duration: str,
                   run_dir: Path, key_file: Path = SERVE_KEY_FILE, processes: int = 1,
-                  image_cache: Path = DEFAULT_CACHE, extra: Optional[dict] = None
-                  ) -> Tuple[int, Dict[str, Dict[str, float]]]:
+                  image_cache: Path = DEFAULT_CACHE, extra: Optional[dict] = None,
+                  locust_args: Tuple[str, ...] = ()) -> Tuple[int, Dict[str, Dict[str, float]]]:
     """Run Locust, write the report; return (exit status, totals per request name)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ensure_images(workload, image_cache)  # before Locust starts, so its worker processes only read
@@ -87,7 +87,7 @@ def run_load_test(host: str, model: str, workload: str, users: int, spawn_rate: 
            "machine": machine_description(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **(extra or {})}
     (run_dir / "run.json").write_text(json.dumps(run, indent=1))
     command = locust_command(host, model, workload, users, spawn_rate, duration, run_dir, key_file, processes,
-                             image_cache)
+                             image_cache) + list(locust_args)
     with open(run_dir / "locust.log", "wb") as log:
         status = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL).returncode

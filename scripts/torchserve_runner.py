@@ -144,6 +144,13 @@ class TorchServe:
             return False
         return any(worker.get("status") == "READY" for model in answer.json() for worker in model.get("workers", []))
 
+    def workers(self, name: str) -> List[dict]:
+        """The model's workers as the management API describes them (id, pid, status, memoryUsage...)."""
+        answer = requests.get(f"{self.url('management')}/models/{name}", headers=self.headers("management"),
+                              timeout=10)
+        answer.raise_for_status()
+        return [worker for model in answer.json() for worker in model.get("workers", [])]
+
     def log_tail(self, lines: int = 60) -> str:
         chunks = []
         for log in (self.workdir / "torchserve.out", self.workdir / "logs" / "model_log.log"):

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Soak: a long, bounded load of mixed sizes with a share of hostile inputs, watching the workers' memory.
+
+    make soak                                       # 10 minutes, 4 users, 10 % hostile requests, demo-fcn
+    python scripts/soak.py --duration 10m --users 4 --bad-share 0.1
+
+Starts its own TorchServe (the shipped demo model, free loopback ports, token authorization on), runs the Locust
+load test (scripts/loadtest.py, workload `mixed`) where each request is, with probability --bad-share, a case of
+the hostile corpus (scripts/hostile_corpus.py) that must get its documented answer, and samples every worker's
+and the frontend's resident memory every few seconds. Writes loadtests/results/soak-<timestamp>/: the Locust
+report, memory.csv, memory.png and a memory section in summary.md.
+
+Exits non-zero on any unexpected answer (a failure in Locust's terms), on a worker restart, or when the workers'
+memory keeps growing: the mean of the last quarter of the run more than --growth-limit above the second quarter's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import psutil
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+sys.path.insert(0, str(SCRIPTS))
+sys.path.insert(0, str(REPO / "handlers"))
+
+import build_archive  # noqa: E402
+from loadtest import RESULTS, run_load_test  # noqa: E402
+from torchserve_runner import TorchServe  # noqa: E402
+
+DEMO = REPO / "model_store" / "demo"
+SAMPLE_SECONDS = 5
+
+
+def seconds(duration: str) -> int:
+    """Locust-style durations: 90, 90s, 10m, 1h30m."""
+    parts = re.findall(r"(\d+)([hms]?)", duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise argparse.ArgumentTypeError(f"not a duration: {duration!r}")
+    return sum(int(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)
+
+
+def sample_memory(server: TorchServe, model: str, rows: List[Dict], stop: threading.Event) -> None:
+    started = time.monotonic()
+    frontend = psutil.Process(server.process.pid)
+    while not stop.wait(SAMPLE_SECONDS):
+        row = {"seconds": round(time.monotonic() - started, 1)}
+        try:
+            java = [child for child in frontend.children(recursive=True) if "java" in child.name()]
+            row["frontend_mb"] = sum(p.memory_info().rss for p in java) / 2**20
+            for worker in server.workers(model):
+                row[f"worker_{worker['pid']}_mb"] = psutil.Process(int(worker["pid"])).memory_info().rss / 2**20
+        except (psutil.Error, OSError, ValueError) as error:  # a worker restarting between two calls
+            row["note"] = str(error)[:80]
+        rows.append(row)
+
+
+def memory_report(rows: List[Dict], run_dir: Path, growth_limit: float) -> (List[str], bool):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = sorted({key for row in rows for key in row if key.endswith("_mb")})
+    with open(run_dir / "memory.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["seconds", *columns, "note"])
+        writer.writeheader()
+        writer.writerows(rows)
+    figure, axis = plt.subplots(figsize=(9, 4))
+    for column in columns:
+        points = [(row["seconds"], row[column]) for row in rows if column in row]
+        axis.plot([p[0] for p in points], [p[1] for p in points], label=column.replace("_mb", ""))
+    axis.set_xlabel("seconds since start")
+    axis.set_ylabel("resident memory (MiB)")
+    axis.set_title("Memory during the soak")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(run_dir / "memory.png", dpi=110)
+    plt.close(figure)
+
+    workers = [c for c in columns if c.startswith("worker_")]
+    lines = ["", "## Memory", "", "| process | start MiB | max MiB | end MiB | 2nd-quarter mean | last-quarter mean "
+             "| growth |", "|---|---:|---:|---:|---:|---:|---:|"]
+    levels_off = True
+    for column in columns:
+        values = [row[column] for row in rows if column in row]
+        quarter = max(1, len(values) // 4)
+        second, last = statistics.mean(values[quarter:2 * quarter]), statistics.mean(values[-quarter:])
+        growth = last / second - 1
+        if column in workers and growth > growth_limit:
+            levels_off = False
+        lines.append(f"| {column.replace('_mb', '')} | {values[0]:.0f} | {max(values):.0f} | {values[-1]:.0f} | "
+                     f"{second:.0f} | {last:.0f} | {100 * growth:+.1f} % |")
+    restarted = len(workers) > 1
+    lines += ["", f"Workers seen: {len(workers)} ({'a worker was restarted' if restarted else 'no restart'}). "
+              f"Memory {'levels off' if levels_off else 'KEEPS GROWING'}: worker growth from the second quarter to "
+              f"the last is {'within' if levels_off else 'above'} {100 * growth_limit:.0f} %.", "",
+              "![memory.png](memory.png)"]
+    return lines, levels_off and not restarted
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", default="10m", type=str)
+    parser.add_argument("--users", type=int, default=4)
+    parser.add_argument("--bad-share", type=float, default=0.1, help="share of requests from the hostile corpus")
+    parser.add_argument("--head", choices=("adaptive", "fcn"), default="fcn")
+    parser.add_argument("--growth-limit", type=float, default=0.10)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    seconds(args.duration)  # refuse a malformed duration before building anything
+
+    run_dir = args.output or RESULTS / time.strftime("soak-%Y%m%d-%H%M%S")
+    model = f"demo-{args.head}"
+    rows: List[Dict] = []
+    with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
+        store = Path(scratch) / "store"
+        build_archive.build(build_archive.parse_args([
+            "--arch", "demo", "--head", args.head, "--weights", str(DEMO / "demo-vgg.pth"), "--labels",
+            str(DEMO / "labels.json"), "--name", model, "--export-path", str(store)]))
+        server = TorchServe(Path(scratch) / "server", store, [f"{model}={model}.mar"], free_ports=True).start()
+        stop = threading.Event()
+        try:
+            server.wait_ready([model])
+            sampler = threading.Thread(target=sample_memory, args=(server, model, rows, stop), daemon=True)
+            sampler.start()
+            print(f"[soak] {args.users} users, {100 * args.bad_share:.0f} % hostile, for {args.duration} -> {run_dir}",
+                  flush=True)
+            status, _ = run_load_test(server.url("inference"), model, "mixed", args.users, args.users,
+                                      args.duration, run_dir, server.workdir / "key_file.json",
+                                      extra={"bad_share": args.bad_share},
+                                      locust_args=["--bad-share", str(args.bad_share)])
+        finally:
+            stop.set()
+            server.stop()
+    memory_lines, memory_ok = memory_report(rows, run_dir, args.growth_limit)
+    with open(run_dir / "summary.md", "a") as summary:
+        summary.write("\n".join(memory_lines) + "\n")
+    print((run_dir / "summary.md").read_text())
+    ok = status == 0 and memory_ok
+    print(f"[soak] {'PASSED' if ok else 'FAILED'}: report in {run_dir / 'summary.md'}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

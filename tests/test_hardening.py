@@ -1,0 +1,238 @@
+"""Hardening, against a real TorchServe serving the shipped demo model: the hostile corpus alone and mixed into
+batches, token authorization and key rotation, a worker killed under load, and out-of-memory in a worker.
+
+Every answer is checked for its documented status and JSON error, and a normal request right after each bad one
+must get exactly the answer it got before any bad input arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+import build_archive
+from hostile_corpus import cases, picture, saved
+from torchserve_runner import TorchServe
+
+pytestmark = pytest.mark.integration
+
+DEMO = Path(__file__).resolve().parent.parent / "model_store" / "demo"
+RESPONSE_TIMEOUT = 60  # seconds, the archives' responseTimeout: every answer must come within it
+CASES = cases()
+GOOD = saved(picture(112, 112, 21), "PNG")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """demo-fcn batches up to 4 requests within 300 ms; demo-adaptive is the one the memory test starves."""
+    store = tmp_path_factory.mktemp("hardening_store")
+    for head, batch, delay in (("fcn", 4, 300), ("adaptive", 1, 1)):
+        build_archive.build(build_archive.parse_args([
+            "--arch", "demo", "--head", head, "--weights", str(DEMO / "demo-vgg.pth"), "--labels",
+            str(DEMO / "labels.json"), "--name", f"demo-{head}", "--export-path", str(store), "--batch-size",
+            str(batch), "--max-batch-delay", str(delay), "--response-timeout", str(RESPONSE_TIMEOUT)]))
+    instance = TorchServe(tmp_path_factory.mktemp("hardening_ts"), store,
+                          ["demo-fcn=demo-fcn.mar", "demo-adaptive=demo-adaptive.mar"], free_ports=True).start()
+    try:
+        instance.wait_ready(["demo-fcn", "demo-adaptive"], timeout=300)
+        yield instance
+    finally:
+        instance.stop()
+
+
+def post(server, model="demo-fcn", headers=None, timeout=RESPONSE_TIMEOUT + 10, **kwargs):
+    headers = {**server.headers("inference"), **(headers or {})}
+    return requests.post(f"{server.url('inference')}/predictions/{model}", headers=headers, timeout=timeout,
+                         **kwargs)
+
+
+def same_answer(got: dict, expected: dict) -> bool:
+    """Equal labels and order; probabilities within 1e-5 (a batch of several images may run other kernels)."""
+    pairs = list(zip(got["predictions"], expected["predictions"]))
+    return ({k: v for k, v in got.items() if k != "predictions"} == {k: v for k, v in expected.items()
+                                                                      if k != "predictions"}
+            and len(pairs) == len(expected["predictions"])
+            and all(a["index"] == b["index"] and abs(a["probability"] - b["probability"]) <= 1e-5 for a, b in pairs))
+
+
+def good_answer(server, model="demo-fcn"):
+    answer = post(server, model, data=GOOD, headers={"Content-Type": "image/png"})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+@pytest.fixture(scope="module")
+def reference(server):
+    """The good image's answer before any bad input: every later answer to it must be identical."""
+    return good_answer(server)
+
+
+def check_case(case, answer, elapsed):
+    assert elapsed < RESPONSE_TIMEOUT, f"{case.name} took {elapsed:.1f} s"
+    assert answer.status_code == case.status, f"{case.name}: {answer.status_code} {answer.text[:300]}"
+    if case.status == 200:
+        body = answer.json()
+        assert body["predictions"] and body["model"] == "demo-fcn"
+        if case.input_size:
+            assert tuple(body["input_size"]) == case.input_size, case.name
+    elif case.error is not None:
+        body = answer.json()
+        assert body["error"] == case.error and body["message"], f"{case.name}: {body}"
+    else:  # TorchServe's frontend answered before any worker: its 413 for an oversized body has an empty body
+        assert answer.content == b"" or json.loads(answer.text)["code"] == case.status, case.name
+
+
+def test_the_corpus_is_large_and_varied():
+    assert len(CASES) >= 30 and len({case.name for case in CASES}) == len(CASES)
+    assert {case.status for case in CASES} >= {200, 400, 413, 415}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_each_bad_input_gets_its_documented_answer_and_the_server_answers_the_next_one(server, reference, case):
+    started = time.monotonic()
+    answer = post(server, **case.request_kwargs())
+    check_case(case, answer, time.monotonic() - started)
+    assert same_answer(good_answer(server), reference)
+
+
+def test_bad_inputs_mixed_into_batches_leave_the_good_ones_alone(server, reference):
+    """Every case travels with good images in batches of up to four; each gets its own answer."""
+    model_log = server.workdir / "logs" / "model_log.log"
+    offset = model_log.stat().st_size
+    small = [case for case in CASES if case.name != "over-max-request-size"]
+    jobs = [("good", None)] * len(small) + [("case", case) for case in small]
+    jobs = [job for pair in zip(jobs[:len(small)], jobs[len(small):]) for job in pair]  # good, bad, good, bad...
+
+    def send(job):
+        kind, case = job
+        started = time.monotonic()
+        if kind == "good":
+            return job, post(server, data=GOOD, headers={"Content-Type": "image/png"}), time.monotonic() - started
+        return job, post(server, **case.request_kwargs()), time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(send, jobs))
+    for (kind, case), answer, elapsed in results:
+        if kind == "good":
+            assert answer.status_code == 200 and same_answer(answer.json(), reference)
+        else:
+            check_case(case, answer, elapsed)
+    mixed = [line for line in model_log.read_text(errors="replace")[offset:].splitlines()
+             if "batch of" in line and "0 refused" not in line and " 0 answered" not in line]
+    assert mixed, "no batch held both answered and refused requests"
+
+
+def test_requests_without_or_with_a_wrong_key_run_nothing(server):
+    model_log = server.workdir / "logs" / "model_log.log"
+    before = model_log.read_text(errors="replace").count("batch of")
+    inference, management = server.url("inference"), server.url("management")
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "wrong-key"}):
+        for method, url in (("POST", f"{inference}/predictions/demo-fcn"), ("GET", f"{inference}/ping"),
+                            ("GET", f"{management}/models"), ("PUT", f"{management}/models/demo-fcn?min_worker=3"),
+                            ("POST", f"{management}/token?type=inference")):
+            answer = requests.request(method, url, data=GOOD, headers=headers, timeout=30)
+            # TorchServe words it "Token Authorization failed", or "Token Authentication failed" on the token API
+            assert answer.status_code == 400 and "Token Auth" in answer.text, (method, url, answer.text)
+    time.sleep(1)
+    assert model_log.read_text(errors="replace").count("batch of") == before  # no image reached the model
+    assert len(server.workers("demo-fcn")) == 1  # the refused scale-up changed nothing
+
+
+def test_inference_key_rotation(server, reference):
+    old = server.keys()["inference"]
+    # The token API takes the third key of key_file.json, "API", not the management key.
+    api_key = server.keys()["API"]
+    with_management_key = requests.post(f"{server.url('management')}/token", params={"type": "inference"},
+                                        headers=server.headers("management"), timeout=30)
+    assert with_management_key.status_code == 400 and server.keys()["inference"] == old
+    rotated = requests.post(f"{server.url('management')}/token", params={"type": "inference"},
+                            headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+    assert rotated.status_code == 200, rotated.text
+    new = server.keys()["inference"]  # TorchServe rewrites key_file.json
+    assert new != old
+    url = f"{server.url('inference')}/predictions/demo-fcn"
+    stale = requests.post(url, data=GOOD, headers={"Authorization": f"Bearer {old}"}, timeout=30)
+    assert stale.status_code == 400
+    fresh = requests.post(url, data=GOOD, headers={"Authorization": f"Bearer {new}"}, timeout=30)
+    assert fresh.status_code == 200 and same_answer(fresh.json(), reference)
+
+
+def test_a_killed_worker_is_restarted_and_then_every_request_succeeds(server, reference):
+    """Three clients keep sending while the worker is SIGKILLed. Only the requests the worker held can fail: TorchServe
+    answers those it was computing (or handed it as it died) with 507 "Worker died." and, in 0.12, drops the ones its
+    worker thread had already taken for the next batch (no answer: the client's timeout ends them). Every request
+    after the restart succeeds."""
+    client_timeout, clients = 10, 3
+    (worker,) = server.workers("demo-fcn")
+    outcomes, stop = [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                answer = post(server, data=GOOD, headers={"Content-Type": "image/png"}, timeout=client_timeout)
+                outcomes.append((sent, time.monotonic(), answer.status_code))
+            except requests.Timeout:
+                outcomes.append((sent, time.monotonic(), "timeout"))
+
+    threads = [threading.Thread(target=load) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    killed_at = time.monotonic()
+    os.kill(int(worker["pid"]), signal.SIGKILL)
+    recovered_at = None  # a fresh client probing from the moment of the kill: when is the service back?
+    while recovered_at is None and time.monotonic() < killed_at + 60:
+        try:
+            if post(server, data=GOOD, headers={"Content-Type": "image/png"}, timeout=5).status_code == 200:
+                recovered_at = time.monotonic()
+        except requests.Timeout:
+            pass
+    assert recovered_at is not None, "no answer within 60 s of the kill"
+    time.sleep(max(0.0, killed_at + client_timeout + 5 - time.monotonic()))
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=client_timeout + 5)
+    affected = [o for o in outcomes if o[1] > killed_at]
+    failed = [o for o in affected if o[2] != 200]
+    print(f"worker killed: {len(failed)} of {len(affected)} load requests failed "
+          f"({sorted(set(str(o[2]) for o in failed))}); the service answered again {recovered_at - killed_at:.1f} s "
+          "after the kill")
+    assert all(o[2] in (507, "timeout") for o in failed)
+    # Only requests sent before the service was back can fail, and few: those the dying worker held or was given.
+    assert all(sent < recovered_at for sent, _, _ in failed)
+    assert len(failed) <= 2 * clients
+    (restarted,) = server.workers("demo-fcn")
+    assert restarted["pid"] != worker["pid"] and restarted["status"] == "READY"
+    answers = [post(server, data=GOOD, headers={"Content-Type": "image/png"}) for _ in range(5)]
+    assert all(answer.status_code == 200 and same_answer(answer.json(), reference) for answer in answers)
+
+
+def test_out_of_memory_in_the_worker_answers_507_and_the_worker_keeps_serving(server):
+    small = saved(picture(96, 96, 22), "PNG")
+    large = saved(picture(1600, 1600, 23), "PNG")
+    before = good_answer(server, "demo-adaptive")
+    (worker,) = server.workers("demo-adaptive")
+    process = psutil.Process(int(worker["pid"]))
+    limits = process.rlimit(psutil.RLIMIT_AS)
+    # Room for the small image's forward pass, not for the large one's (its first feature map alone is 80 MB).
+    process.rlimit(psutil.RLIMIT_AS, (process.memory_info().vms + 48 * 2**20, limits[1]))
+    try:
+        starved = post(server, "demo-adaptive", data=large, headers={"Content-Type": "image/png"})
+        assert starved.status_code == 507, starved.text
+        assert starved.json()["error"] == "out_of_memory"
+        assert post(server, "demo-adaptive", data=GOOD).json() == before
+    finally:
+        process.rlimit(psutil.RLIMIT_AS, limits)
+    assert post(server, "demo-adaptive", data=large).status_code == 200  # with its memory back, it fits
+    assert post(server, "demo-adaptive", data=small).status_code == 200
+    assert server.workers("demo-adaptive")[0]["pid"] == worker["pid"]  # the same worker throughout
