@@ -390,7 +390,7 @@ def render(results: dict) -> str:
         f"- Each served run: its own TorchServe, warm-up, then {meta['duration']} s ({meta['mixed_duration']} s for "
         "the `mixed` workload, whose large images take seconds each) of closed-loop Locust users (no "
         "think time) on the same machine (Locust shares the 2 cores with the server). Per-run Locust reports with "
-        f"plots: `{meta['results_dir']}/<run>/summary.md`.",
+        f"plots went to `{meta['results_dir']}/<run>/` (not committed; `docs/loadtest-example/` keeps one).",
         "- Models: `demo` is the shipped demo network (model_store/demo); `vgg16` has seeded random weights (speed "
         "does not depend on the values). fp32 throughout. Workloads: "
         + "; ".join(f"`{name}`: {text}" for name, text in PROFILES.items()) + ".",

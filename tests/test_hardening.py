@@ -133,7 +133,9 @@ def test_bad_inputs_mixed_into_batches_leave_the_good_ones_alone(server, referen
 
 def test_requests_without_or_with_a_wrong_key_run_nothing(server):
     model_log = server.workdir / "logs" / "model_log.log"
+    time.sleep(1)  # the frontend copies worker output to the log asynchronously; let earlier tests' lines land
     before = model_log.read_text(errors="replace").count("batch of")
+    assert oct((server.workdir / "key_file.json").stat().st_mode & 0o777) == "0o600"  # keys readable by owner only
     inference, management = server.url("inference"), server.url("management")
     for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "wrong-key"}):
         for method, url in (("POST", f"{inference}/predictions/demo-fcn"), ("GET", f"{inference}/ping"),
@@ -183,6 +185,8 @@ def test_a_killed_worker_is_restarted_and_then_every_request_succeeds(server, re
                 outcomes.append((sent, time.monotonic(), answer.status_code))
             except requests.Timeout:
                 outcomes.append((sent, time.monotonic(), "timeout"))
+            except requests.RequestException as error:  # counted, so that it fails the test below
+                outcomes.append((sent, time.monotonic(), type(error).__name__))
 
     threads = [threading.Thread(target=load) for _ in range(clients)]
     for thread in threads:
@@ -230,9 +234,21 @@ def test_out_of_memory_in_the_worker_answers_507_and_the_worker_keeps_serving(se
         starved = post(server, "demo-adaptive", data=large, headers={"Content-Type": "image/png"})
         assert starved.status_code == 507, starved.text
         assert starved.json()["error"] == "out_of_memory"
+        assert "classify this image" in starved.json()["message"]  # it was the forward pass, not the decoding
         assert post(server, "demo-adaptive", data=GOOD).json() == before
     finally:
         process.rlimit(psutil.RLIMIT_AS, limits)
     assert post(server, "demo-adaptive", data=large).status_code == 200  # with its memory back, it fits
     assert post(server, "demo-adaptive", data=small).status_code == 200
     assert server.workers("demo-adaptive")[0]["pid"] == worker["pid"]  # the same worker throughout
+
+
+def test_the_shipped_configuration_binds_loopback_and_keeps_authorization_on():
+    """The tests start TorchServe on free loopback ports; this checks what `make serve` and deployments get."""
+    from torchserve_runner import REPO, read_properties
+
+    properties = read_properties(REPO / "config.properties")
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert properties[key].startswith("http://127.0.0.1:"), key
+    assert "grpc_inference_address" not in properties and "grpc_management_address" not in properties  # 127.0.0.1
+    assert properties["disable_token_authorization"] == "false" and properties["enable_model_api"] == "false"
