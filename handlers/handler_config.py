@@ -25,6 +25,7 @@ class HandlerOptions:
     bomb_factor: int = 16  # images declaring more than bomb_factor * max_pixels are refused before decoding
     precision: str = "fp32"
     channels_last: bool = False
+    cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0: the usable cores divided by maxWorkers
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -32,6 +33,8 @@ class HandlerOptions:
         for name in ("topk", "max_pixels", "min_side", "bomb_factor"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer")
+        if int(self.cpu_threads) < 0:
+            raise ValueError("cpu_threads must be 0 (automatic) or a positive integer")
         if self.max_pixels < self.min_side * self.min_side:
             raise ValueError("max_pixels must allow at least a min_side x min_side image")
 

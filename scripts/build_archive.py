@@ -62,6 +62,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     handler.add_argument("--max-pixels", type=int, default=4_194_304)
     handler.add_argument("--precision", choices=PRECISIONS, default="fp32")
     handler.add_argument("--channels-last", action="store_true")
+    handler.add_argument("--cpu-threads", type=int, default=0,
+                         help="torch threads per worker on CPU (default 0: the cores divided by --max-workers)")
     return parser.parse_args(argv)
 
 
@@ -97,7 +99,7 @@ def model_config(args: argparse.Namespace, weights: WeightsFile) -> dict:
     options = HandlerOptions(
         arch=args.arch, head=args.head, weights=args.description or weights.description, trained=weights.trained,
         weights_file=weights.path.name, topk=args.topk, max_pixels=args.max_pixels,
-        precision=args.precision, channels_last=args.channels_last,
+        precision=args.precision, channels_last=args.channels_last, cpu_threads=args.cpu_threads,
     )
     return {
         "minWorkers": args.min_workers,

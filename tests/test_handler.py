@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -193,3 +194,22 @@ def test_out_of_memory_fails_only_the_images_of_that_forward_pass(handler, monke
     assert statuses[1] == (507, "out_of_memory") and answers[1]["error"] == "out_of_memory"
     answers, statuses = run(handler, rows[:1])  # and the handler goes on serving
     assert not statuses and answers[0]["predictions"]
+
+
+def test_cpu_threads_split_the_cores_between_workers(model_dir):
+    from vgg_handler import cpu_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(0, 1) == cores
+    assert cpu_threads(0, 2) == max(1, cores // 2)
+    assert cpu_threads(0, 64) == 1
+    assert cpu_threads(3, 2) == 3  # an explicit handler.cpu_threads wins
+    before = torch.get_num_threads()
+    try:
+        instance = SizeAgnosticVGGHandler()
+        instance.initialize(MockContext(model_dir, {**handler_config("fcn"), "maxWorkers": 2}))
+        assert torch.get_num_threads() == max(1, cores // 2)
+        instance.initialize(MockContext(model_dir, handler_config("fcn", cpu_threads=1)))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
