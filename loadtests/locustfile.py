@@ -14,18 +14,17 @@ read from --key-file (TorchServe's key_file.json; `make serve` writes .serve/key
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from locust import FastHttpUser, constant, events, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from workloads import DEFAULT_CACHE, PROFILES, CachedImage, load_images  # noqa: E402  (puts scripts/ on the path)
-from torchserve_runner import read_keys  # noqa: E402
+from torchserve_runner import inference_key  # noqa: E402
 from hostile_corpus import Case, cases  # noqa: E402
 
 DEFAULT_KEY_FILE = Path(__file__).resolve().parent.parent / ".serve" / "key_file.json"
@@ -45,10 +44,6 @@ def add_arguments(parser):
     parser.add_argument("--key-file", default="",
                         help="TorchServe's key_file.json (default: .serve/key_file.json of this checkout; "
                              "none there means authorization off)")
-
-
-def inference_key(key_file: str) -> Optional[str]:
-    return os.environ.get("TS_INFERENCE_KEY") or read_keys(Path(key_file)).get("inference")
 
 
 _images: Dict[Tuple[str, str], Dict[str, List[Tuple[CachedImage, bytes]]]] = {}
@@ -118,7 +113,7 @@ class ClassifierUser(FastHttpUser):
         self.images = images_for(options.workload, options.image_cache or str(DEFAULT_CACHE))
         self.kinds = sorted(self.images)
         self.bad_share = options.bad_share
-        key = inference_key(options.key_file or str(DEFAULT_KEY_FILE))
+        key = inference_key(Path(options.key_file) if options.key_file else DEFAULT_KEY_FILE)
         self.auth = {"Authorization": f"Bearer {key}"} if key else {}
 
     @task

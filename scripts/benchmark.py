@@ -41,7 +41,7 @@ for path in (SCRIPTS, REPO / "handlers", REPO / "loadtests"):
 import build_archive  # noqa: E402
 from loadtest import machine_description, run_load_test  # noqa: E402
 from torchserve_runner import TorchServe  # noqa: E402
-from workloads import DEFAULT_CACHE, PROFILES, load_images  # noqa: E402
+from workloads import PROFILES, load_images  # noqa: E402
 
 DEMO = REPO / "model_store" / "demo"
 RESULTS = REPO / "loadtests" / "results"
@@ -157,10 +157,8 @@ def bare_model(model: str, head: str, workload: str, batches: List[int], scratch
               + ", ".join(f"b{b} {ms:.1f} ms" for b, ms in model_ms.items())
               + f" per image; b1 after {IDLE_PAUSE * 1000:.0f} ms idle {after_pause_ms:.1f} ms", flush=True)
     throughput = {batch: 1000 / statistics.mean(k["model_ms"][batch] for k in kinds.values()) for batch in batches}
-    with_decode = {batch: 1000 / statistics.mean(k["model_ms"][batch] + k["decode_ms"] for k in kinds.values())
-                   for batch in batches}
     return {"model": model, "head": head, "workload": workload, "precision": precision, "kinds": kinds,
-            "model_images_per_s": throughput, "decode_and_model_images_per_s": with_decode,
+            "model_images_per_s": throughput,
             "threads": torch.get_num_threads()}
 
 

