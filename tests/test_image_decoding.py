@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ import torch
 from PIL import Image
 
 from helpers import encode, make_photo, to_input
+from hostile_corpus import png_with_header
 from image_decoding import decode_image, network_size, normalize
 from request_errors import RequestError
 
@@ -26,17 +25,6 @@ def error_of(body: bytes, max_pixels: int = MAX_PIXELS) -> RequestError:
     with pytest.raises(RequestError) as raised:
         decode(body, max_pixels)
     return raised.value
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height, followed by a tiny IDAT: a decompression bomb's header."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + png_chunk(b"IEND", b""))
 
 
 PHOTO = make_photo(96, 64, seed=1)
@@ -178,8 +166,8 @@ def test_normalize_is_scale_then_imagenet_mean_and_std():
     (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', 415, "unsupported_format"),
     (b'\xef\xbb\xbf<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" "x.dtd"><svg width="9"/>', 415,
      "unsupported_format"),
-    (png_declaring(100_000, 100_000), 413, "image_too_large"),
-    (png_declaring(9000, 8000), 413, "image_too_large"),  # over 16 x max_pixels but under Pillow's own limit
+    (png_with_header(100_000, 100_000), 413, "image_too_large"),
+    (png_with_header(9000, 8000), 413, "image_too_large"),  # over 16 x max_pixels but under Pillow's own limit
     (encode(Image.new("RGB", (32, 32)), "ICO"), 415, "unsupported_format"),
     (encode(Image.new("RGB", (32, 32)), "PPM"), 415, "unsupported_format"),
     (b"\0\0\0\x18ftypheix\0\0\0\0mif1heix" + bytes(64), 415, "unsupported_format"),

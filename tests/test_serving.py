@@ -94,10 +94,10 @@ BAD_INPUTS = [  # (body, extra headers, status, error code)
 
 @pytest.mark.parametrize("head", HEADS)
 def test_bad_inputs_get_json_4xx_and_the_server_keeps_answering(server, vgg11_reference, head):
-    from test_image_decoding import png_declaring
+    from hostile_corpus import png_with_header
 
     good = encode(make_photo(48, 48, seed=3), "PNG")
-    for body, headers, status, code in BAD_INPUTS + [(png_declaring(100_000, 100_000), {}, 413, "image_too_large")]:
+    for body, headers, status, code in BAD_INPUTS + [(png_with_header(100_000, 100_000), {}, 413, "image_too_large")]:
         answer = predict(server, head, body, headers=headers)
         assert (answer.status_code, answer.json()["error"]) == (status, code), answer.text
         assert answer.json()["message"]
