@@ -1,12 +1,12 @@
 # Entry points: `make serve` (set up, build the default archives, start TorchServe), `make stop`, `make test`,
-# `make loadtest`, `make benchmark` and `make soak` (Locust load tests, the CPU benchmark suite, the soak),
+# `make loadtest`, `make bench` and `make soak` (Locust load tests, the fast-path benchmark, the soak),
 # `make train-demo` and `make study` (the shipped demo model and the resolution study).
 # Every target installs what it needs into .venv first, so both work on a fresh clone.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup serve stop test loadtest benchmark soak params archive train-demo study clean
+.PHONY: setup serve stop test loadtest bench benchmark bench-sweep soak params archive train-demo study clean
 
 setup: $(INSTALLED)
 
@@ -39,9 +39,16 @@ loadtest: $(INSTALLED)
 	$(PY) scripts/loadtest.py --model $(MODEL) --workload $(PROFILE) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
 		--duration $(DURATION) --processes $(PROCESSES)
 
-# Served vs bare model vs stock handler, and the batching sweep (about 40 minutes); rewrites docs/benchmarks.*.
-benchmark: $(INSTALLED)
+# The fast-path benchmark for this machine (CPU or GPU): served vs bare model vs stock handler per precision, at
+# 224x224 and mixed sizes, answers per option, the targets (about 25 minutes on 2 cores); rewrites docs/benchmarks.*.
+bench: $(INSTALLED)
 	$(PY) scripts/benchmark.py
+
+benchmark: bench
+
+# batchSize x maxBatchDelay x workers on the demo model (about 40 minutes); rewrites docs/batching-sweep.md.
+bench-sweep: $(INSTALLED)
+	$(PY) scripts/benchmark.py --parts sweep --doc
 
 # Ten minutes of mixed sizes with 10 % hostile inputs on its own server, watching memory (docs/reliability.md).
 SOAK_DURATION ?= 10m

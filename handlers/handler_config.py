@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from size_buckets import parse_sizes
+
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
@@ -26,17 +28,31 @@ class HandlerOptions:
     precision: str = "fp32"
     channels_last: bool = False
     cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0: the usable cores divided by maxWorkers
+    warmup_sizes: str = "224x224"  # WIDTHxHEIGHT,...: forward passes at worker start (batch 1 and batchSize)
+    compile: bool = False  # torch.compile the model (compiled_model.py); off: eager
+    compile_max_sizes: int = 4  # image sizes that get a compiled graph; others run eagerly
+    buckets: str = ""  # WIDTHxHEIGHT,...: resize each image to the nearest of these (size_buckets.py); "": exact sizes
+    gpu_decode: bool = True  # on a GPU, decode plain JPEGs of a batch together with nvJPEG
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
-        for name in ("topk", "max_pixels", "min_side", "bomb_factor"):
+        for name in ("topk", "max_pixels", "min_side", "bomb_factor", "compile_max_sizes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer")
         if int(self.cpu_threads) < 0:
             raise ValueError("cpu_threads must be 0 (automatic) or a positive integer")
         if self.max_pixels < self.min_side * self.min_side:
             raise ValueError("max_pixels must allow at least a min_side x min_side image")
+        parse_sizes(self.warmup_sizes)  # a malformed size fails the build, not the worker
+        for width, height in self.bucket_sizes:
+            if min(width, height) < self.min_side or width * height > self.max_pixels:
+                raise ValueError(f"bucket {width}x{height} is outside what the network is fed "
+                                 f"(sides >= min_side, width*height <= max_pixels)")
+
+    @property
+    def bucket_sizes(self):
+        return parse_sizes(self.buckets)
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any]) -> "HandlerOptions":

@@ -1,8 +1,9 @@
 """TorchServe handler for size-agnostic VGG classifiers: the TorchServe plumbing around ``ImageClassifier``.
 
-``initialize`` reads the archive once (model-config.yaml, labels, weights) and picks the device; ``handle`` turns
-TorchServe's batch into request bodies, runs decode -> group -> infer -> encode, and sets each request's own HTTP
-status so one bad image never fails the rest of its batch.
+``initialize`` reads the archive once (model-config.yaml, labels, weights), picks the device and warms the model
+up; ``handle`` turns TorchServe's batch into request bodies, runs decode -> group -> infer -> encode, sets each
+request's own HTTP status so one bad image never fails the rest of its batch, and exports the batch's stage times
+as TorchServe metrics.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from classifier import ImageClassifier
 from handler_config import HandlerOptions
 from request_errors import RequestError, empty_body, not_an_image
+from stage_metrics import STAGES, emit
 from vgg_models import load_model
 from weights import read_state_dict
 
@@ -47,8 +49,13 @@ class SizeAgnosticVGGHandler:
             index_to_name = json.load(labels_file)
         labels = [index_to_name[str(i)] for i in range(len(index_to_name))]
         self.classifier = ImageClassifier(model, options, labels, context.model_name, device)
-        logger.info("loaded %s (%s head, %s) on %s in %.1f s; torch uses %d CPU threads", options.arch, options.head,
-                    options.weights, device, time.perf_counter() - started, torch.get_num_threads())
+        loaded = time.perf_counter()
+        self.classifier.warm_up(int(model_config.get("batchSize", 1)))
+        logger.info("loaded %s (%s head, %s, %s%s%s) on %s in %.1f s, warmed up at %s in %.1f s; torch uses %d CPU "
+                    "threads", options.arch, options.head, options.weights, options.precision,
+                    ", channels_last" if options.channels_last else "", ", compiled" if options.compile else "",
+                    device, loaded - started, options.warmup_sizes or "no sizes", time.perf_counter() - loaded,
+                    torch.get_num_threads())
         if not options.trained:
             logger.warning("%s serves UNTRAINED random weights; its predictions are meaningless", context.model_name)
         self.initialized = True
@@ -62,11 +69,13 @@ class SizeAgnosticVGGHandler:
     def handle(self, data: List[dict], context) -> List[str]:
         bodies = [request_body(row) for row in data]
         answers = self.classifier.classify(bodies)
-        failed = sum(isinstance(answer, RequestError) for answer in answers)
-        stages = self.classifier.last_stage_ms
+        clock = self.classifier.clock
         # One line per batch in model_log.log; scripts/benchmark.py parses it (keep the format in step with it).
-        logger.info("batch of %d requests: %d answered, %d refused; decode %.1f ms, model %.1f ms, encode %.1f ms",
-                    len(data), len(data) - failed, failed, stages["decode"], stages["model"], stages["encode"])
+        logger.info("batch of %d requests: %d answered, %d refused; decode %.1f ms, preprocess %.1f ms, forward "
+                    "%.1f ms, postprocess %.1f ms", len(data), len(data) - clock.counts["refused"],
+                    clock.counts["refused"], *(clock.ms[stage] for stage in STAGES))
+        if getattr(context, "metrics", None) is not None:
+            emit(context.metrics, clock)
         return [self.respond(answer, index, context) for index, answer in enumerate(answers)]
 
     @staticmethod

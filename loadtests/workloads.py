@@ -61,6 +61,8 @@ def profile_kinds(profile: str) -> List[ImageKind]:
         return [ImageKind("jpeg 224x224", "jpeg", 224, ((224, 224),) * IMAGES_PER_KIND)]
     if profile == "mixed":
         return [ImageKind(f"jpeg long {side}", "jpeg", side, aspect_cycle(side)) for side in MIXED_LONG_SIDES]
+    if profile == "1080p":
+        return [ImageKind("jpeg 1920x1080", "jpeg", 1920, ((1920, 1080),) * IMAGES_PER_KIND)]
     if profile == "formats":
         return [ImageKind(f"{fmt} long {side}", fmt, side, aspect_cycle(side))
                 for fmt in FORMATS for side in FORMAT_LONG_SIDES]
@@ -71,6 +73,7 @@ PROFILES = {
     "fixed": "224x224 JPEG (the classic input size)",
     "mixed": "JPEG, long side 64 to 2048 px in six classes, aspect ratios 1:1 to 16:9 both ways",
     "formats": "JPEG, PNG and WebP at long side 224 and 512 px",
+    "1080p": "1920x1080 JPEG (a full-HD frame, fed to the network at its own size)",
 }
 
 

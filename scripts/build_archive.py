@@ -33,8 +33,8 @@ from weights import WeightsFile, read_state_dict, resolve_weights  # noqa: E402
 
 HANDLER_FILE = HANDLERS / "vgg_handler.py"
 # Modules the handler imports inside the worker; they travel in the archive next to it.
-MODEL_CODE = ["classifier.py", "handler_config.py", "image_decoding.py", "request_errors.py", "vgg_models.py",
-              "weights.py"]
+MODEL_CODE = ["classifier.py", "compiled_model.py", "handler_config.py", "image_decoding.py", "request_errors.py",
+              "size_buckets.py", "stage_metrics.py", "vgg_models.py", "weights.py"]
 
 
 class BuildError(Exception):
@@ -57,6 +57,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     serving.add_argument("--min-workers", type=int, default=1)
     serving.add_argument("--max-workers", type=int, default=1)
     serving.add_argument("--response-timeout", type=int, default=300, help="seconds; large images on CPU are slow")
+    serving.add_argument("--startup-timeout", type=int, default=600,
+                         help="seconds a worker may take to load and warm up (compiling takes minutes on a CPU)")
     handler = parser.add_argument_group("handler (model-config.yaml, handler section)")
     handler.add_argument("--topk", type=int, default=5)
     handler.add_argument("--max-pixels", type=int, default=4_194_304)
@@ -64,6 +66,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     handler.add_argument("--channels-last", action="store_true")
     handler.add_argument("--cpu-threads", type=int, default=0,
                          help="torch threads per worker on CPU (default 0: the cores divided by --max-workers)")
+    handler.add_argument("--warmup-sizes", default="224x224",
+                         help="WIDTHxHEIGHT,... run at worker start (batch 1 and --batch-size); '' for none")
+    handler.add_argument("--compile", action="store_true",
+                         help="torch.compile the model for the first --compile-max-sizes image sizes")
+    handler.add_argument("--compile-max-sizes", type=int, default=4)
+    handler.add_argument("--buckets", default="",
+                         help="WIDTHxHEIGHT,...: resize every image to the nearest of these sizes so mixed sizes "
+                              "batch together (changes answers; default: exact sizes)")
+    handler.add_argument("--no-gpu-decode", dest="gpu_decode", action="store_false",
+                         help="on a GPU, decode JPEGs one by one on the CPU instead of together with nvJPEG")
     return parser.parse_args(argv)
 
 
@@ -100,6 +112,8 @@ def model_config(args: argparse.Namespace, weights: WeightsFile) -> dict:
         arch=args.arch, head=args.head, weights=args.description or weights.description, trained=weights.trained,
         weights_file=weights.path.name, topk=args.topk, max_pixels=args.max_pixels,
         precision=args.precision, channels_last=args.channels_last, cpu_threads=args.cpu_threads,
+        warmup_sizes=args.warmup_sizes, compile=args.compile, compile_max_sizes=args.compile_max_sizes,
+        buckets=args.buckets, gpu_decode=args.gpu_decode,
     )
     return {
         "minWorkers": args.min_workers,
@@ -107,6 +121,7 @@ def model_config(args: argparse.Namespace, weights: WeightsFile) -> dict:
         "batchSize": args.batch_size,
         "maxBatchDelay": args.max_batch_delay,
         "responseTimeout": args.response_timeout,
+        "startupTimeout": args.startup_timeout,
         "handler": options.to_mapping(),
     }
 

@@ -24,6 +24,8 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 ADDRESS_KEYS = {"inference": "inference_address", "management": "management_address", "metrics": "metrics_address"}
 GRPC_PORT_KEYS = ("grpc_inference_port", "grpc_management_port")
+# Files named in config.properties; relative paths there are relative to that file.
+PATH_KEYS = ("metrics_config",)
 
 
 def free_port() -> int:
@@ -77,6 +79,9 @@ class TorchServe:
         self.model_store = Path(model_store).resolve()
         self.models = list(models)
         self.properties = read_properties(config_file)
+        for key in PATH_KEYS:
+            if key in self.properties:
+                self.properties[key] = str((Path(config_file).resolve().parent / self.properties[key]).resolve())
         if free_ports:
             for key in ADDRESS_KEYS.values():
                 self.properties[key] = f"http://127.0.0.1:{free_port()}"

@@ -96,3 +96,30 @@ def reference_logits(model: torch.nn.Module, head: str, x: torch.Tensor) -> torc
 
 def reference_probabilities(model: torch.nn.Module, head: str, pixels_hwc: np.ndarray) -> torch.Tensor:
     return torch.softmax(reference_logits(model, head, to_input(pixels_hwc)), dim=1)[0]
+
+
+class MetricsRecorder:
+    """Records what a handler adds to TorchServe's metrics (``context.metrics.add_metric``)."""
+
+    def __init__(self):
+        self.added = []
+
+    def add_metric(self, name, value, unit, idx=None, dimensions=None, metric_type=None):
+        self.added.append((name, value, unit, getattr(metric_type, "name", metric_type)))
+
+
+class MockContext:
+    """The parts of ts.context.Context the handler uses."""
+
+    def __init__(self, model_dir, config, model_name="vgg11-test"):
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
+        self.model_yaml_config = config
+        self.model_name = model_name
+        self.statuses, self.content_types = {}, {}
+        self.metrics = MetricsRecorder()
+
+    def set_response_status(self, code=200, phrase="", idx=0):
+        self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx, value):
+        self.content_types[idx] = value

@@ -9,25 +9,9 @@ import pytest
 import torch
 import yaml
 
-from helpers import decode_rgb, encode, make_photo, reference_probabilities
+from helpers import MockContext, decode_rgb, encode, make_photo, reference_probabilities
 from vgg_handler import SizeAgnosticVGGHandler, request_body
 from weights import imagenet_categories
-
-
-class MockContext:
-    """The parts of ts.context.Context the handler uses."""
-
-    def __init__(self, model_dir, config, model_name="vgg11-test"):
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
-        self.model_yaml_config = config
-        self.model_name = model_name
-        self.statuses, self.content_types = {}, {}
-
-    def set_response_status(self, code=200, phrase="", idx=0):
-        self.statuses[idx] = (code, phrase)
-
-    def set_response_content_type(self, idx, value):
-        self.content_types[idx] = value
 
 
 def handler_config(head, **options):

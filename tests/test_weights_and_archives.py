@@ -80,7 +80,9 @@ def archive_contents(archive: Path) -> dict:
 def test_builder_packages_a_state_dict_file_with_config_labels_and_code(vgg11_weights_file, tmp_path):
     assert build_archive.main(["--arch", "vgg11", "--head", "fcn", "--weights", str(vgg11_weights_file),
                                "--export-path", str(tmp_path), "--batch-size", "8", "--precision", "bf16",
-                               "--channels-last", "--topk", "3", "--cpu-threads", "2"]) == 0
+                               "--channels-last", "--topk", "3", "--cpu-threads", "2", "--compile",
+                               "--compile-max-sizes", "2", "--buckets", "224x224,448x256", "--warmup-sizes",
+                               "224x224,64x64", "--no-gpu-decode"]) == 0
     archive = tmp_path / "vgg11-fcn.mar"  # default name ARCH-HEAD
     contents = archive_contents(archive)
     assert {"vgg_handler.py", "vgg_models.py", "image_decoding.py", "classifier.py", "vgg11-test.pth",
@@ -93,6 +95,9 @@ def test_builder_packages_a_state_dict_file_with_config_labels_and_code(vgg11_we
     assert handler["arch"] == "vgg11" and handler["head"] == "fcn" and handler["weights_file"] == "vgg11-test.pth"
     assert (handler["topk"], handler["precision"], handler["channels_last"], handler["max_pixels"],
             handler["cpu_threads"]) == (3, "bf16", True, 4_194_304, 2)
+    assert (handler["compile"], handler["compile_max_sizes"], handler["buckets"], handler["warmup_sizes"],
+            handler["gpu_decode"]) == (True, 2, "224x224,448x256", "224x224,64x64", False)
+    assert {"size_buckets.py", "compiled_model.py", "stage_metrics.py"} <= contents["names"]
     assert contents["labels"]["0"] == "tench" and len(contents["labels"]) == 1000
     assert contents["manifest"]["model"]["handler"] == "vgg_handler.py"
     with zipfile.ZipFile(archive) as mar:  # stored, not deflated: weights do not compress
