@@ -40,8 +40,10 @@ def abandon_worker(error: BaseException) -> None:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    # CPU allocation failures are plain RuntimeErrors ("DefaultCPUAllocator: can't allocate memory").
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "allocate memory" in str(error)
+    # CPU allocation failures are plain RuntimeErrors ("DefaultCPUAllocator: can't allocate memory"); a failed
+    # pinned-memory allocation reads "CUDA error: out of memory".
+    return (isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "allocate memory" in str(error)
+            or "out of memory" in str(error))
 
 
 class ImageClassifier:
@@ -72,10 +74,12 @@ class ImageClassifier:
         """Forward passes at the configured sizes, at batch 1 and batchSize, before the first request: kernel
         selection, allocator growth and compilation then happen here instead of in a user's request."""
         for width, height in parse_sizes(self.options.warmup_sizes):
-            for batch in sorted({1, max(1, batch_size)}):
-                pixels = torch.zeros(batch, height, width, 3, dtype=torch.uint8)
-                if height * width * batch <= self.options.max_pixels:
-                    self.forward(pixels)
+            # The largest pass group() forms at this size: batchSize images, or fewer if max_pixels says so.
+            largest = min(max(1, batch_size), max(1, self.options.max_pixels // (width * height)))
+            for batch in sorted({1, largest}):
+                self.forward(torch.zeros(batch, height, width, 3, dtype=torch.uint8))
+        if isinstance(self.run_model, SizeBoundedCompile):
+            self.run_model.seal()
         self.clock = StageClock()
 
     def classify(self, bodies: Sequence[Union[bytes, RequestError]]) -> List[Union[dict, RequestError]]:
@@ -91,17 +95,12 @@ class ImageClassifier:
         return answers
 
     def decode_all(self, bodies: Sequence[Union[bytes, RequestError]]) -> List[Decoded]:
-        decoded = [None] * len(bodies)
-        if self.jpeg_batch_device is not None:
-            self.decode_jpegs_together(bodies, decoded)
-        decoded = [item if item is not None else self.decode(body) for item, body in zip(decoded, bodies)]
-        if self.buckets:
-            decoded = [resize_to_bucket(item, self.buckets) if isinstance(item, torch.Tensor) else item
-                       for item in decoded]
-        return decoded
+        together = self.decode_jpegs_together(bodies) if self.jpeg_batch_device is not None else {}
+        decoded = [together[i] if i in together else self.decode(body) for i, body in enumerate(bodies)]
+        return [self.to_bucket(item) for item in decoded] if self.buckets else decoded
 
-    def decode_jpegs_together(self, bodies: Sequence[Union[bytes, RequestError]], decoded: List) -> None:
-        """Fill ``decoded`` at the plain JPEGs' indices, decoded in one call on the GPU; leave the rest None."""
+    def decode_jpegs_together(self, bodies: Sequence[Union[bytes, RequestError]]) -> Dict[int, torch.Tensor]:
+        """The plain JPEGs of a batch decoded on the GPU (nvJPEG), by index; the rest go the one-by-one way."""
         indices = []
         for index, body in enumerate(bodies):
             try:
@@ -111,14 +110,33 @@ class ImageClassifier:
             if is_plain_jpeg(image, self.options.max_pixels, self.options.min_side):
                 indices.append(index)
         if not indices:
-            return
+            return {}
+        if self.jpeg_batch_device.type == "cuda":
+            # nvJPEG decodes on a stream of its own into memory allocated on ours (pytorch/vision#9606): let
+            # earlier work on ours finish first, so no freed block it still reads is handed out.
+            torch.cuda.current_stream(self.jpeg_batch_device).synchronize()
         try:
-            pixels = decode_jpeg_batch([bodies[i] for i in indices], self.jpeg_batch_device)
-        except Exception:  # one bad JPEG fails the call; decoding them one by one isolates it
-            logger.info("batched JPEG decoding failed; decoding %d images one by one", len(indices))
-            return
-        for index, image in zip(indices, pixels):
-            decoded[index] = image
+            return dict(zip(indices, decode_jpeg_batch([bodies[i] for i in indices], self.jpeg_batch_device)))
+        except Exception:  # one bad JPEG fails the whole call: try each alone, so only the bad one leaves the GPU
+            logger.info("batched JPEG decoding failed; decoding %d images one at a time", len(indices), exc_info=True)
+        decoded = {}
+        for index in indices:
+            try:
+                decoded[index] = decode_jpeg_batch([bodies[index]], self.jpeg_batch_device)[0]
+            except Exception:  # Pillow decides: it decodes what nvJPEG refused, or says why it cannot
+                pass
+        return decoded
+
+    def to_bucket(self, item: Decoded) -> Decoded:
+        if not isinstance(item, torch.Tensor):
+            return item
+        try:
+            return resize_to_bucket(item, self.buckets)
+        except Exception as error:  # this image's failure, not the batch's
+            if is_out_of_memory(error):
+                return errors.out_of_memory("resize this image")
+            logger.exception("resizing to a bucket failed")
+            return errors.inference_failed(f"resizing to a size bucket failed: {error}")
 
     def decode(self, body: Union[bytes, RequestError]) -> Decoded:
         if isinstance(body, RequestError):
@@ -152,7 +170,7 @@ class ImageClassifier:
             try:
                 probabilities = self.forward(self.stack([decoded[i] for i in chunk]))
             except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
-                if "CUDA error" in str(error):
+                if "CUDA error" in str(error) and not is_out_of_memory(error):
                     abandon_worker(error)
                 # Only this pass fails: the worker and the batch's other passes go on.
                 logger.exception("forward pass over %d images failed", len(chunk))
@@ -170,12 +188,13 @@ class ImageClassifier:
         """Same-sized (H, W, 3) uint8 images -> one (N, H, W, 3) uint8 batch on the model's device. Images decoded
         on the CPU cross to a GPU as one pinned uint8 copy (a quarter of the bytes of float32)."""
         with self.clock.stage("preprocess"):
-            if all(image.device == self.device for image in images):
-                return torch.stack(images)
-            batch = torch.stack([image.cpu() for image in images])
-            if self.device.type == "cuda":
-                batch = batch.pin_memory()
-            return batch.to(self.device, non_blocking=True)
+            if all(image.device.type == "cpu" for image in images):
+                batch = torch.stack(images)
+                if self.device.type == "cuda":
+                    batch = batch.pin_memory()
+                return batch.to(self.device, non_blocking=True)
+            # Some were decoded on the GPU already: move only the others there.
+            return torch.stack([image.to(self.device, non_blocking=True) for image in images])
 
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Where a batch's time goes: the classifier's stages timed per batch, and their export as TorchServe metrics.
 
 The counters add up milliseconds per stage (and images, refusals, forward passes), so in Prometheus
-``rate(ts_StageForwardMs[1m]) / rate(ts_ImagesClassified[1m])`` is the forward time per image. Their names and
+``rate(StageForwardMs[1m]) / rate(ImagesClassified[1m])`` is the forward time per image. Their names and
 dimensions are declared in metrics.yaml at the repository root: TorchServe's Prometheus endpoint only shows
 declared model metrics.
 """
@@ -39,6 +39,8 @@ def emit(metrics, clock: StageClock) -> None:
     from ts.metrics.metric_type_enum import MetricTypes
 
     for stage, name in STAGE_METRICS.items():
-        metrics.add_metric(name, round(clock.ms[stage], 3), unit="ms", metric_type=MetricTypes.COUNTER)
+        # A fresh dimensions list each time: TorchServe appends its default dimensions to the list it is given.
+        metrics.add_metric(name, round(clock.ms[stage], 3), unit="ms", dimensions=[],
+                           metric_type=MetricTypes.COUNTER)
     for count, name in COUNT_METRICS.items():
-        metrics.add_metric(name, clock.counts[count], unit="count", metric_type=MetricTypes.COUNTER)
+        metrics.add_metric(name, clock.counts[count], unit="count", dimensions=[], metric_type=MetricTypes.COUNTER)

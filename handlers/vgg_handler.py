@@ -75,7 +75,10 @@ class SizeAgnosticVGGHandler:
                     "%.1f ms, postprocess %.1f ms", len(data), len(data) - clock.counts["refused"],
                     clock.counts["refused"], *(clock.ms[stage] for stage in STAGES))
         if getattr(context, "metrics", None) is not None:
-            emit(context.metrics, clock)
+            try:
+                emit(context.metrics, clock)
+            except Exception:  # the answers are ready; a metrics problem must not turn them into errors
+                logger.exception("exporting the stage metrics failed")
         return [self.respond(answer, index, context) for index, answer in enumerate(answers)]
 
     @staticmethod

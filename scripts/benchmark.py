@@ -181,9 +181,13 @@ def bare_model(model: str, head: str, workload: str, batches: List[int], scratch
                                               for p in pixels)
         model_ms = {}
         for batch in batches:
-            # A batch of one image size, as the handler forms them: each image repeated ``batch`` times.
-            per_image = [seconds_per_call(lambda p=p: classifier.forward(torch.stack([p] * batch)),
-                                          min_seconds / len(pixels), 2) / batch for p in pixels]
+            # A batch of one image size, as the handler forms them: each image repeated up to ``batch`` times, but
+            # never more than the handler puts in one pass (max_pixels input pixels, e.g. 2 at 1920x1080).
+            def per_pass(p):
+                return min(batch, max(1, options.max_pixels // (p.shape[0] * p.shape[1])))
+
+            per_image = [seconds_per_call(lambda p=p: classifier.forward(torch.stack([p] * per_pass(p))),
+                                          min_seconds / len(pixels), 2) / per_pass(p) for p in pixels]
             model_ms[batch] = 1000 * statistics.mean(per_image)
         after_pause_ms = 1000 * statistics.mean(
             seconds_per_call(lambda p=p: classifier.forward(p.unsqueeze(0)), 0, 3, pause=IDLE_PAUSE)
@@ -353,8 +357,9 @@ def plan(parts: List[str], gpu: bool) -> Dict[str, list]:
         # One user, nothing queued: client latency minus the logged queue and worker time is the frontend's own cost.
         runs["served"] += [Served("demo", "fcn", "fixed", 1, 5, 1, 1), Served("vgg16", "fcn", "fixed", 1, 5, 1, 1)]
     if "stock" in parts:
-        runs["served"] += [Served("vgg16", "adaptive", "fixed", b, 5, 1, users, handler="stock", processes=processes)
-                           for b in (1, batch)]
+        # The same workers and Locust processes as ours, so the ratio compares handlers, not configurations.
+        runs["served"] += [Served("vgg16", "adaptive", "fixed", b, 5, workers, users, handler="stock",
+                                  processes=processes) for b in sorted({1, batch})]
     if "sweep" in parts:
         # maxBatchDelay means nothing at batchSize 1 (a batch of one never waits), so it is swept above that.
         runs["served"] += [Served("demo", "fcn", workload, batch, delay, workers, SWEEP_USERS)
@@ -388,7 +393,7 @@ def bare_share(results: dict, run: dict) -> Optional[float]:
     # Locust's per-name req/s divides by the time up to that name's last request, which flatters rare, slow
     # names; the run's own duration (all requests over the aggregate rate) is the common time base.
     seconds = run["requests"] / run["rps"]
-    share = 0.0
+    share = 0.0  # failed requests are left out: an error page is no classification
     for name, figures in run["per_name"].items():
         if name not in entry["kinds"]:
             return None
@@ -396,7 +401,8 @@ def bare_share(results: dict, run: dict) -> Optional[float]:
         # take the best bare rate among those; elsewhere the bare model runs batch 1.
         per_image = {int(b): ms for b, ms in entry["kinds"][name]["model_ms"].items()}
         largest = config["batch"] if config["workload"] in SAME_SIZE_WORKLOADS else 1
-        share += figures["requests"] / seconds * min(ms for b, ms in per_image.items() if b <= largest) / 1000
+        answered = figures["requests"] - figures.get("failures", 0)
+        share += answered / seconds * min(ms for b, ms in per_image.items() if b <= largest) / 1000
     return share
 
 
@@ -484,8 +490,10 @@ def targets(results: dict) -> List[dict]:
             for run in results["served"]:
                 if ours(workload, model)(run["config"]) and not run["config"].get("compile"):
                     share = bare_share(results, run)
+                    clean = not run.get("failures") and run.get("status") == 0
                     rows.append({"machine": kind, "target": f"served / bare >= 0.9, {run['name']}",
-                                 "measured": fmt(share, 2), "met": None if share is None else share >= 0.9})
+                                 "measured": fmt(share, 2) + ("" if clean else f", {run.get('failures')} failures"),
+                                 "met": None if share is None else share >= 0.9 and clean})
         if best_224 and stock:
             ratio = best_224["rps"] / stock["rps"]
             needed = 25 if gpu else 2
@@ -493,10 +501,14 @@ def targets(results: dict) -> List[dict]:
                          "measured": f"{ratio:.2f}x ({best_224['name']} {best_224['rps']:.1f} vs {stock['name']} "
                                      f"{stock['rps']:.1f} req/s)", "met": ratio >= needed})
         if gpu and best_224:
+            # Any run meeting both halves meets the target; otherwise the fastest is shown.
+            within = [r for r in results["served"] if r.get("rps") and not r.get("failures")
+                      and ours("fixed")(r["config"]) and r.get("p99_ms", 1e9) <= 100]
+            fastest_within = max(within, key=lambda r: r["rps"], default=None)
+            shown = fastest_within if fastest_within and fastest_within["rps"] >= 5000 else best_224
             rows.append({"machine": kind, "target": ">= 5,000 req/s with p99 <= 100 ms at 224x224",
-                         "measured": f"{best_224['rps']:.0f} req/s, p99 {best_224['p99_ms']:.0f} ms "
-                                     f"({best_224['name']})",
-                         "met": best_224["rps"] >= 5000 and best_224["p99_ms"] <= 100})
+                         "measured": f"{shown['rps']:.0f} req/s, p99 {shown['p99_ms']:.0f} ms ({shown['name']})",
+                         "met": shown["rps"] >= 5000 and shown["p99_ms"] <= 100})
             best_1080 = best_run(results, ours("1080p"))
             if best_1080:
                 rows.append({"machine": kind, "target": ">= 170 req/s at 1920x1080",
@@ -569,8 +581,9 @@ def bucket_speed(results: dict) -> str:
             f"{bucketed['rps']:.2f} req/s against {exact['rps']:.2f} with exact sizes "
             f"({bucketed['rps'] / exact['rps']:.2f}x), with {fmt(bucketed.get('images_per_batch'))} images per "
             f"batch against {fmt(exact.get('images_per_batch'))}. The buckets were {len(MIXED_BUCKETS.split(','))} "
-            f"sizes: {MIXED_BUCKETS.replace(',', ', ')}. Part of the gain is not batching: a bucket can be smaller "
-            "than the image (a 16:9 image goes to a 3:2 bucket of the same long side).")
+            f"sizes: {MIXED_BUCKETS.replace(',', ', ')}. Buckets change both how many images share a forward pass "
+            "and how many pixels each image has (a 16:9 image goes to the 3:2 bucket of its long side, 19 % more "
+            "pixels; a 4:3 one to the same bucket, 11 % fewer), so the ratio is not batching alone.")
 
 
 # ---------------------------------------------------------------------------------------------------- render

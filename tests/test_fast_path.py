@@ -150,17 +150,56 @@ def count_passes(handler):
     return shapes
 
 
-def test_gpu_style_batched_decoding_gives_the_same_answers_and_isolates_a_bad_jpeg(demo_handler):
+def spy_on_batched_decoding(monkeypatch):
+    """Record every call of the batched decoder as (number of bodies, decoded or the exception's name)."""
+    import classifier as classifier_module
+
+    calls, real = [], classifier_module.decode_jpeg_batch
+
+    def spy(bodies, device):
+        try:
+            result = real(bodies, device)
+        except Exception as error:
+            calls.append((len(bodies), type(error).__name__))
+            raise
+        calls.append((len(bodies), "decoded"))
+        return result
+
+    monkeypatch.setattr(classifier_module, "decode_jpeg_batch", spy)
+    return calls
+
+
+def test_gpu_style_batched_decoding_gives_the_one_by_one_answers(demo_handler, monkeypatch):
     handler = demo_handler()
+    jpegs = [encode(make_photo(112, 112, seed=s), "JPEG", quality=90) for s in range(3)]
+    # Other slots between the JPEGs, so the batched results must land at the right indices.
+    bodies = [jpegs[0], encode(make_photo(112, 112, seed=9), "PNG"), b"junk", jpegs[1],
+              encode(make_photo(96, 80, seed=4), "JPEG", quality=80), jpegs[2]]
+    calls = spy_on_batched_decoding(monkeypatch)
     handler.classifier.jpeg_batch_device = torch.device("cpu")  # the GPU code path, run on the CPU
-    good = [encode(make_photo(112, 112, seed=s), "JPEG", quality=90) for s in range(3)]
-    bodies = [good[0], good[1][:len(good[1]) // 2], encode(make_photo(112, 112, seed=9), "PNG"), good[2]]
     batched, context = run(handler, bodies)
+    assert calls == [(4, "decoded")]
+    handler.classifier.jpeg_batch_device = None
+    one_by_one, _ = run(handler, bodies)
+    assert calls == [(4, "decoded")]  # the one-by-one path does not use it
+    assert context.statuses == {2: (400, "not_an_image")}
+    assert batched == one_by_one
+
+
+def test_a_bad_jpeg_in_a_gpu_batch_fails_alone(demo_handler, monkeypatch):
+    handler = demo_handler()
+    good = [encode(make_photo(112, 112, seed=s), "JPEG", quality=90) for s in range(2)]
+    truncated = encode(make_photo(112, 112, seed=5), "JPEG", quality=90)
+    bodies = [good[0], truncated[:len(truncated) // 2], good[1]]
+    calls = spy_on_batched_decoding(monkeypatch)
+    handler.classifier.jpeg_batch_device = torch.device("cpu")
+    batched, context = run(handler, bodies)
+    # The batch call fails, each JPEG is tried alone on the device, the bad one falls back to Pillow's answer.
+    assert calls[0] == (3, "RuntimeError") and calls[1:] == [(1, "decoded"), (1, "RuntimeError"), (1, "decoded")]
     handler.classifier.jpeg_batch_device = None
     one_by_one, _ = run(handler, bodies)
     assert context.statuses == {1: (400, "corrupt_image")}
     assert batched == one_by_one
-    assert [a["input_size"] for i, a in enumerate(batched) if i != 1] == [[112, 112]] * 3
 
 
 def test_warm_up_runs_the_configured_sizes_at_batch_one_and_batch_size(demo_handler):
@@ -178,6 +217,7 @@ def test_stage_metrics_are_added_once_per_batch(demo_handler):
     bodies = [encode(make_photo(112, 112, seed=1), "JPEG"), encode(make_photo(96, 80, seed=2), "PNG"), b"junk"]
     _, context = run(handler, bodies)
     added = {name: (value, unit, kind) for name, value, unit, kind in context.metrics.added}
+    assert len(context.metrics.added) == len(added)  # each counter once per batch
     assert set(added) == set(STAGE_METRICS.values()) | set(COUNT_METRICS.values())
     assert all(kind == "COUNTER" for _, _, kind in added.values())
     assert added["ImagesClassified"][0] == 2 and added["RequestsRefused"][0] == 1
@@ -218,19 +258,25 @@ def test_buckets_let_different_sizes_share_a_forward_pass(demo_handler):
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None, reason="inductor needs a C++ compiler")
-def test_compiled_model_answers_like_eager_and_compiles_at_most_max_sizes(demo_handler):
+def test_compiled_model_answers_like_eager_and_compiles_only_warm_up_sizes_within_the_bound(demo_handler):
     """The slowest test here (tens of seconds): torch.compile for real, on the demo model."""
     from compiled_model import SizeBoundedCompile
 
-    handler = demo_handler()
-    model = handler.classifier.model
+    model = demo_handler().classifier.model
     compiled = SizeBoundedCompile(model, max_sizes=1)
-    with torch.inference_mode():
-        for batch, height, width in ((2, 112, 112), (3, 112, 112), (2, 96, 128)):
-            x = torch.randn(batch, 3, height, width)
+
+    def check(batch, height, width):
+        x = torch.randn(batch, 3, height, width)
+        with torch.inference_mode():
             assert torch.allclose(compiled(x), model(x), atol=1e-4, rtol=1e-4)
+
+    check(2, 112, 112)  # warm-up: compiled
+    check(2, 96, 128)  # warm-up, but over max_sizes: eager
+    compiled.seal()
+    check(3, 112, 112)  # traffic at a compiled size, another batch size: the same graph
+    check(2, 128, 96)  # traffic at a new size after warm-up: eager, never a compile inside a request
     assert compiled.compiled_sizes == {(112, 112)}
-    assert compiled.eager_calls == 1
+    assert compiled.eager_calls == 2
 
 
 def test_served_stage_times_reach_prometheus(demo_server):
