@@ -6,7 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup serve stop test loadtest bench benchmark bench-sweep soak params archive train-demo study clean
+.PHONY: setup serve stop test loadtest bench benchmark bench-sweep soak params archive train-demo study image image-test \
+	wheelhouse base-image scan clean
 
 setup: $(INSTALLED)
 
@@ -69,6 +70,39 @@ train-demo: $(INSTALLED)
 # Accuracy and time versus input resolution for both heads (about 20 minutes; writes docs/resolution-study.*).
 study: $(INSTALLED)
 	$(PY) scripts/resolution_study.py
+
+# Container images (docs/deploy.md): the server, the Locust load generator and the compose stack's HAProxy.
+# BASE_IMAGE: any Debian bookworm image with apt; `make base-image` makes one with debootstrap where there is no
+# registry. PIP_SOURCE=wheelhouse installs only from deploy/wheelhouse/ (`make wheelhouse` fills it).
+IMAGE ?= vgg-serve:latest
+BASE_IMAGE ?= python:3.11-slim-bookworm
+PIP_SOURCE ?= index
+DOCKER_BUILD = docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg PIP_SOURCE=$(PIP_SOURCE)
+image:
+	$(DOCKER_BUILD) -f deploy/Dockerfile -t $(IMAGE) .
+	$(DOCKER_BUILD) -f deploy/Dockerfile --target loadgen -t vgg-serve-loadgen:latest .
+	$(DOCKER_BUILD) -f deploy/lb/Dockerfile -t vgg-serve-lb:latest deploy
+
+# Needs a running Docker daemon and `make image`: the container's answers equal the local service's.
+image-test: $(INSTALLED)
+	$(PY) scripts/image_test.py --image $(IMAGE)
+
+wheelhouse: $(INSTALLED)
+	$(PY) -m pip download --only-binary=:all: -r requirements-serve.txt -r requirements-loadgen.txt -d deploy/wheelhouse
+
+# A minimal Debian bookworm base image without a registry (needs root, debootstrap and a Debian mirror).
+BASE_ROOTFS ?= /tmp/bookworm-minbase
+base-image:
+	test -d $(BASE_ROOTFS) || debootstrap --variant=minbase bookworm $(BASE_ROOTFS)
+	tar -C $(BASE_ROOTFS) -c . | docker import - local/debian:bookworm-minbase
+
+# Security scan of the Dockerfiles and manifests (checkov; installed on demand, it is large).
+scan: $(INSTALLED)
+	$(PY) -m pip install -q checkov==3.3.30
+	kubectl kustomize deploy/k8s/overlays/cpu > /tmp/vgg-serve-cpu.yaml
+	kubectl kustomize deploy/k8s/overlays/gpu > /tmp/vgg-serve-gpu.yaml
+	$(VENV)/bin/checkov --quiet --compact -f deploy/Dockerfile -f deploy/lb/Dockerfile \
+		-f /tmp/vgg-serve-cpu.yaml -f /tmp/vgg-serve-gpu.yaml --config-file deploy/checkov.yaml
 
 clean:
 	rm -rf .serve model_store/*.mar .pytest_cache loadtests/.image-cache
