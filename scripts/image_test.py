@@ -87,7 +87,7 @@ def same(a: dict, b: dict, tolerance: float = 1e-4) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", default="vgg-serve:latest")
+    parser.add_argument("--image", default="vgg-serve:1.0")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the container's /ping")
     args = parser.parse_args()
     try:

@@ -54,8 +54,13 @@ def read_keys(key_file: Path) -> Dict[str, str]:
 
 
 def inference_key(key_file: Path) -> Optional[str]:
-    """The key clients send to the inference API: $TS_INFERENCE_KEY if set, else the one in key_file.json."""
-    return os.environ.get("TS_INFERENCE_KEY") or read_keys(key_file).get("inference")
+    """The key clients send to the inference API: $TS_INFERENCE_KEY, else the file $TS_INFERENCE_KEY_FILE names (a
+    mounted Kubernetes Secret, as the serving container reads it), else the one in TorchServe's key_file.json."""
+    if os.environ.get("TS_INFERENCE_KEY"):
+        return os.environ["TS_INFERENCE_KEY"]
+    if os.environ.get("TS_INFERENCE_KEY_FILE"):
+        return Path(os.environ["TS_INFERENCE_KEY_FILE"]).read_text().strip()
+    return read_keys(key_file).get("inference")
 
 
 def find_java_home() -> Optional[str]:

@@ -47,8 +47,9 @@ def test_every_object_validates_against_the_kubernetes_schemas(overlay):
     import kubernetes_validate
 
     name, objects = overlay
-    assert {o["kind"] for o in objects} == {"Deployment", "Service", "HorizontalPodAutoscaler",
-                                           "PodDisruptionBudget"}
+    assert {o["kind"] for o in objects} == {"Namespace", "NetworkPolicy", "Deployment", "Service",
+                                           "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"vgg-serve"}
     for obj in objects:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)  # raises on any schema violation
 

@@ -92,7 +92,7 @@ def test_smoke_load_test_records_no_failures_and_writes_the_report(demo_server, 
             break
         time.sleep(0.5)
     assert logged["images_per_batch"] * logged["batches_logged"] >= answered > 0
-    assert logged["model_ms_per_request"] > 0 and logged["decode_ms_per_request"] > 0
+    assert logged["forward_ms_per_request"] > 0 and logged["decode_ms_per_request"] > 0
     assert logged["requests_logged"] >= answered and logged["server_ms"] > 0 and logged["worker_ms"] > 0
 
 
@@ -146,14 +146,17 @@ def test_log_breakdown_weights_batch_stages_per_request():
                 "Waiting time ns: 3000000, Backend time ns: 20000000\n"
                 '2026-11-29T04:35:35,251 [INFO ] W-9001-demo-fcn_1.0 ACCESS_LOG - /127.0.0.1:60914 '
                 '"POST /predictions/demo-fcn HTTP/1.1" 200 25\n') * 2
-    handler = ("MODEL_LOG - batch of 3 requests: 3 answered, 0 refused; decode 3.0 ms, model 30.0 ms, encode 0.3 ms\n"
-               "MODEL_LOG - batch of 1 requests: 1 answered, 0 refused; decode 1.0 ms, model 10.0 ms, encode 0.1 ms\n")
+    handler = ("MODEL_LOG - batch of 3 requests: 3 answered, 0 refused; decode 3.0 ms, preprocess 2.0 ms, forward "
+               "28.0 ms, postprocess 0.3 ms\n"
+               "MODEL_LOG - batch of 1 requests: 1 answered, 0 refused; decode 1.0 ms, preprocess 1.0 ms, forward 9.0 ms, "
+               "postprocess 0.1 ms\n")
     logged = benchmark.log_breakdown(handler, frontend)
     assert (logged["requests_logged"], logged["queue_wait_ms"], logged["worker_ms"], logged["server_ms"]) == \
         (2, 3.0, 20.0, 25.0)
     assert logged["images_per_batch"] == 2.0
-    assert logged["model_ms_per_request"] == pytest.approx((3 * 30 + 10) / 4)  # three requests saw the 30 ms batch
-    assert logged["model_ms_per_image"] == pytest.approx(40 / 4)
+    assert logged["forward_ms_per_request"] == pytest.approx((3 * 28 + 9) / 4)  # three requests saw the 28 ms batch
+    assert logged["preprocess_ms_per_request"] == pytest.approx((3 * 2 + 1) / 4)
+    assert logged["model_ms_per_image"] == pytest.approx(40 / 4)  # preprocess + forward over the 4 images
 
 
 def test_stock_model_file_is_torchvisions_vgg(tmp_path):
