@@ -105,8 +105,8 @@ def main() -> int:
     port = free_port()
     name = f"vgg-serve-image-test-{port}"
     started = time.monotonic()
-    docker("run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-e", f"TS_INFERENCE_KEY={key}",
-           args.image)
+    # No --rm: if the container dies, its logs must still be there to say why.
+    docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-e", f"TS_INFERENCE_KEY={key}", args.image)
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -115,8 +115,11 @@ def main() -> int:
                     break
             except requests.RequestException:
                 pass
-            if time.monotonic() - started > args.timeout:
-                raise RuntimeError("the container never answered /ping:\n" + docker("logs", name, check=False))
+            running = docker("inspect", "--format", "{{.State.Running}}", name, check=False)
+            if running != "true" or time.monotonic() - started > args.timeout:
+                logs = subprocess.run(["docker", "logs", "--tail", "40", name], capture_output=True, text=True)
+                raise RuntimeError(f"the container never answered /ping (running: {running}):\n"
+                                   + logs.stdout + logs.stderr)
             time.sleep(0.5)
         headers = {"Authorization": f"Bearer {key}"}
         first = post(url, "demo-fcn", bodies[0][1], bodies[0][2], headers)
@@ -138,8 +141,13 @@ def main() -> int:
         stop_started = time.monotonic()
         docker("stop", "--time", "60", name, check=False)
         stop_s = time.monotonic() - stop_started
-    report = {"image": args.image, "image_size_gb": round(size_bytes / 1e9, 2), "first_answer_s": round(first_answer_s, 1),
-              "stop_s": round(stop_s, 1), "health_status": health, "answers_compared": 2 * len(bodies),
+        exit_code = docker("inspect", "--format", "{{.State.ExitCode}}", name, check=False)
+        docker("rm", "-f", name, check=False)
+    if exit_code != "0":
+        failures.append(f"the container exited with {exit_code} after SIGTERM (expected 0: a clean, drained stop)")
+    report = {"image": args.image, "image_size_gb": round(size_bytes / 1e9, 2),
+              "first_answer_s": round(first_answer_s, 1), "stop_s": round(stop_s, 1),
+              "exit_code_after_sigterm": exit_code, "health_status": health, "answers_compared": 2 * len(bodies),
               "failures": failures}
     print(json.dumps(report, indent=1))
     say("PASSED" if not failures else f"FAILED: {len(failures)} problems")
