@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from typing import Any, List, Union
@@ -100,7 +101,20 @@ def cpu_threads(configured: int, max_workers: int) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
+    # In a container with a CPU limit (Kubernetes) every host core is still visible; the cgroup quota is the limit.
+    quota = cgroup_cpu_limit()
+    if quota:
+        cores = min(cores, max(1, math.ceil(quota)))
     return max(1, cores // max(1, max_workers))
+
+
+def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    """CPUs allowed by the cgroup v2 quota ("400000 100000" -> 4.0), or None when unlimited or unknown."""
+    try:
+        quota, period = open(path).read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
 
 
 def request_body(row: Any) -> Union[bytes, RequestError]:

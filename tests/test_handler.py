@@ -197,3 +197,19 @@ def test_cpu_threads_split_the_cores_between_workers(model_dir):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_cpu_threads_respect_a_container_cpu_limit(tmp_path, monkeypatch):
+    import vgg_handler
+
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")  # a limit of 1.5 CPUs
+    assert vgg_handler.cgroup_cpu_limit(str(cpu_max)) == 1.5
+    cpu_max.write_text("max 100000\n")
+    assert vgg_handler.cgroup_cpu_limit(str(cpu_max)) is None
+    assert vgg_handler.cgroup_cpu_limit(str(tmp_path / "missing")) is None
+    monkeypatch.setattr(vgg_handler.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(vgg_handler, "cgroup_cpu_limit", lambda: 4.0)
+    assert vgg_handler.cpu_threads(0, 1) == 4 and vgg_handler.cpu_threads(0, 2) == 2
+    monkeypatch.setattr(vgg_handler, "cgroup_cpu_limit", lambda: None)
+    assert vgg_handler.cpu_threads(0, 2) == 32
