@@ -17,6 +17,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import secrets
 import shutil
 import statistics
@@ -102,7 +103,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "deploy-failover.json")
     args = parser.parse_args()
     key = secrets.token_hex(32)
-    env = {**__import__("os").environ, "TS_INFERENCE_KEY": key}
+    env = {**os.environ, "TS_INFERENCE_KEY": key}
     compose("up", "-d", "serve-1", "serve-2", "lb", env=env)
     try:
         deadline = time.monotonic() + 600
