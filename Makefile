@@ -63,11 +63,13 @@ params: $(INSTALLED)
 archive: $(INSTALLED)
 	$(PY) scripts/build_archive.py --arch $(ARCH) --head $(HEAD) --weights $(or $(WEIGHTS),imagenet)
 
-# Retrain the shipped demo model (about 15 minutes on 2 cores; writes model_store/demo/).
+# Retrain the shipped demo model at many scales (under 60 minutes on 2 cores, see its MODEL_CARD.md; writes
+# model_store/demo/). Run `make study` after it: the study writes the weights' serving defaults.
 train-demo: $(INSTALLED)
 	$(PY) scripts/train_demo.py
 
-# Accuracy and time versus input resolution for both heads (about 20 minutes; writes docs/resolution-study.*).
+# Accuracy and time versus input size for every head, aggregation and scale policy, on held-out scenes and an
+# independent probe (writes docs/resolution-study.* and model_store/demo/demo-vgg.serving.json).
 study: $(INSTALLED)
 	$(PY) scripts/resolution_study.py
 

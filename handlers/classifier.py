@@ -1,8 +1,11 @@
 """The request path without TorchServe: decode -> group -> infer -> encode, one small function each.
 
-Images of one batch keep their own sizes. Images of identical size share a forward pass; nothing is padded or
-resized to make a batch, so a batched answer equals the single-request answer (unless the archive opts into
-size buckets). A bad image becomes a RequestError value in its own slot and never touches the others. Pixels stay
+Each image is decoded into its *views*: the sizes the scale policy feeds it at (one under ``working`` or
+``native``, one per scale for multi-scale evaluation), each also mirrored when ``flip`` is asked for. Views of
+identical size, from any request of the batch, share a forward pass; nothing is padded, so a batched answer
+equals the single-request answer (unless the archive opts into size buckets). The fcn head's pass returns the
+class-score map, aggregated per image as that request asks; an image's probabilities are the mean over its views.
+A bad image or bad option becomes a RequestError value in its own slot and never touches the others. Pixels stay
 uint8 until they reach the model's device, where they are normalised.
 """
 
@@ -19,15 +22,20 @@ import torch
 import request_errors as errors
 from compiled_model import SizeBoundedCompile
 from handler_config import HandlerOptions
-from image_decoding import decode_image, decode_jpeg_batch, is_plain_jpeg, normalize, open_image
+from image_decoding import decode_jpeg_batch, decode_views, is_plain_jpeg, normalize, open_image
 from request_errors import RequestError
+from request_options import RequestOptions, bad_option
+from scale_policy import parse_scales, view_sizes
 from size_buckets import parse_sizes, resize_to_bucket
 from stage_metrics import StageClock
+from vgg_models import ScoreMap, aggregate
 
 logger = logging.getLogger(__name__)
 
-Decoded = Union[torch.Tensor, RequestError]  # (H, W, 3) uint8 pixels, or why there are none
+Decoded = Union[List[torch.Tensor], RequestError]  # an image's views, (H, W, 3) uint8 each, or why there are none
+Options = Union[RequestOptions, RequestError]  # a request's options, or why they are refused
 UNTRAINED_WARNING = "untrained random weights: these predictions are meaningless"
+VIEW_BUDGET = 4  # an image's views (scales x mirrors) may hold at most this many times max_pixels in all
 
 
 def abandon_worker(error: BaseException) -> None:
@@ -60,11 +68,17 @@ class ImageClassifier:
         # channels_last helps the convolutional trunk; the classifier's fc6 weight must stay contiguous, or the
         # fcn head's matrix product would copy it (400 MB for vgg16) on every forward pass.
         getattr(self.model, "features", self.model).to(memory_format=self.memory_format)
-        self.run_model = SizeBoundedCompile(self.model, options.compile_max_sizes) if options.compile else self.model
+        # What one pass computes: the fcn head's class-score map (aggregated per request afterwards, so requests
+        # that ask for different aggregations still share the pass), or the adaptive head's logits.
+        scores = ScoreMap(self.model) if options.head == "fcn" else self.model
+        self.run_model = SizeBoundedCompile(scores, options.compile_max_sizes) if options.compile else scores
+        self.defaults = RequestOptions(
+            topk=min(options.topk, len(self.labels)), scale_policy=options.scale_policy,
+            scales=parse_scales(options.scales), flip=options.flip,
+            aggregation=options.aggregation if options.head == "fcn" else None)
         self.buckets = options.bucket_sizes
         # nvJPEG decodes a batch of JPEGs straight into GPU memory; on a CPU they are decoded one by one.
         self.jpeg_batch_device = device if device.type == "cuda" and options.gpu_decode else None
-        self.topk = min(options.topk, len(self.labels))
         self.clock = StageClock()  # the last batch's stage times, for the handler's log line and metrics
         if options.precision == "tf32":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -75,31 +89,58 @@ class ImageClassifier:
         selection, allocator growth and compilation then happen here instead of in a user's request."""
         for width, height in parse_sizes(self.options.warmup_sizes):
             # The largest pass group() forms at this size: batchSize images, or fewer if max_pixels says so.
-            largest = min(max(1, batch_size), max(1, self.options.max_pixels // (width * height)))
+            largest = min(max(1, batch_size), self.images_per_pass(height, width))
             for batch in sorted({1, largest}):
                 self.forward(torch.zeros(batch, height, width, 3, dtype=torch.uint8))
         if isinstance(self.run_model, SizeBoundedCompile):
             self.run_model.seal()
         self.clock = StageClock()
 
-    def classify(self, bodies: Sequence[Union[bytes, RequestError]]) -> List[Union[dict, RequestError]]:
-        """One answer per body, in order: a response dict or the RequestError for that body."""
+    def classify(self, bodies: Sequence[Union[bytes, RequestError]],
+                 requests: Sequence[Options] | None = None) -> List[Union[dict, RequestError]]:
+        """One answer per body, in order: a response dict or the RequestError for that body. ``requests``: each
+        body's options (default: the archive's)."""
+        requests = list(requests) if requests is not None else [self.defaults] * len(bodies)
         self.clock = StageClock()
         with self.clock.stage("decode"):
-            decoded = self.decode_all(bodies)
-        probabilities = self.infer(decoded, self.group(decoded))
+            decoded = self.decode_all(bodies, requests)
+        views = self.expand(decoded, requests)
+        probabilities, failures = self.infer(views, requests, self.group([pixels for _, pixels in views]))
         with self.clock.stage("postprocess"):
-            answers = [self.encode(item, probabilities.get(i)) for i, item in enumerate(decoded)]
+            answers = [self.encode(failures.get(i, item), requests[i], probabilities.get(i))
+                       for i, item in enumerate(decoded)]
         self.clock.counts["images"] = len(probabilities)
         self.clock.counts["refused"] = sum(isinstance(answer, RequestError) for answer in answers)
         return answers
 
-    def decode_all(self, bodies: Sequence[Union[bytes, RequestError]]) -> List[Decoded]:
-        together = self.decode_jpegs_together(bodies) if self.jpeg_batch_device is not None else {}
-        decoded = [together[i] if i in together else self.decode(body) for i, body in enumerate(bodies)]
-        return [self.to_bucket(item) for item in decoded] if self.buckets else decoded
+    def sizes_for(self, request: RequestOptions):
+        """The sizes an image is fed at under ``request``: a function of the upright image's width and height.
+        It refuses (400) views whose pixels add up to more than VIEW_BUDGET x max_pixels: one request's scales and
+        mirrors must not turn into a dozen full-size passes that other requests of the batch wait for."""
+        options = self.options
 
-    def decode_jpegs_together(self, bodies: Sequence[Union[bytes, RequestError]]) -> Dict[int, torch.Tensor]:
+        def sizes(width: int, height: int):
+            planned = view_sizes(width, height, request.scale_policy, options.working_range, request.scales,
+                                 options.max_pixels, options.min_side)
+            pixels = sum(w * h for w, h in planned) * (2 if request.flip else 1)
+            if pixels > VIEW_BUDGET * options.max_pixels:
+                raise bad_option("scales", f"views of at most {VIEW_BUDGET} x max_pixels = "
+                                           f"{VIEW_BUDGET * options.max_pixels} pixels in all for this image, mirrors "
+                                           f"included", ",".join(map(str, request.scales)) or "none")
+            return planned
+        return sizes
+
+    def decode_all(self, bodies: Sequence[Union[bytes, RequestError]], requests: Sequence[Options]) -> List[Decoded]:
+        # A body that is already refused (missing field, empty) says so; otherwise refused options do.
+        bodies = [request if isinstance(request, RequestError) and not isinstance(body, RequestError) else body
+                  for body, request in zip(bodies, requests)]
+        together = self.decode_jpegs_together(bodies, requests) if self.jpeg_batch_device is not None else {}
+        decoded = [[together[i]] if i in together else self.decode(body, requests[i])
+                   for i, body in enumerate(bodies)]
+        return [self.to_buckets(item) for item in decoded] if self.buckets else decoded
+
+    def decode_jpegs_together(self, bodies: Sequence[Union[bytes, RequestError]],
+                              requests: Sequence[Options]) -> Dict[int, torch.Tensor]:
         """The plain JPEGs of a batch decoded on the GPU (nvJPEG), by index; the rest go the one-by-one way."""
         indices = []
         for index, body in enumerate(bodies):
@@ -107,7 +148,11 @@ class ImageClassifier:
                 image = open_image(body, self.options.bomb_factor * self.options.max_pixels)
             except Exception:  # refused or not a JPEG: the one-by-one path says why
                 continue
-            if is_plain_jpeg(image, self.options.max_pixels, self.options.min_side):
+            try:
+                plain = is_plain_jpeg(image, self.sizes_for(requests[index])(*image.size))
+            except RequestError:  # over the view budget: the one-by-one path refuses it
+                continue
+            if plain:
                 indices.append(index)
         if not indices:
             return {}
@@ -127,22 +172,23 @@ class ImageClassifier:
                 pass
         return decoded
 
-    def to_bucket(self, item: Decoded) -> Decoded:
-        if not isinstance(item, torch.Tensor):
+    def to_buckets(self, item: Decoded) -> Decoded:
+        if isinstance(item, RequestError):
             return item
         try:
-            return resize_to_bucket(item, self.buckets)
+            return [resize_to_bucket(view, self.buckets) for view in item]
         except Exception as error:  # this image's failure, not the batch's
             if is_out_of_memory(error):
                 return errors.out_of_memory("resize this image")
             logger.exception("resizing to a bucket failed")
             return errors.inference_failed(f"resizing to a size bucket failed: {error}")
 
-    def decode(self, body: Union[bytes, RequestError]) -> Decoded:
+    def decode(self, body: Union[bytes, RequestError], request: Options) -> Decoded:
         if isinstance(body, RequestError):
             return body
         try:
-            return decode_image(body, self.options.max_pixels, self.options.min_side, self.options.bomb_factor)
+            return decode_views(body, self.sizes_for(request), self.options.bomb_factor * self.options.max_pixels,
+                                reduce_jpeg=self.options.jpeg_draft)
         except RequestError as error:
             return error
         except MemoryError:
@@ -151,24 +197,47 @@ class ImageClassifier:
             logger.exception("unexpected decoding failure")
             return errors.not_an_image(f"{type(error).__name__}: {error}")
 
-    def group(self, decoded: Sequence[Decoded]) -> List[List[int]]:
+    @staticmethod
+    def expand(decoded: Sequence[Decoded], requests: Sequence[Options]) -> List[Tuple[int, torch.Tensor]]:
+        """(image index, pixels) for every view forward passes must see: each size, and its mirror if asked."""
+        views = []
+        for index, item in enumerate(decoded):
+            if isinstance(item, RequestError):
+                continue
+            for pixels in item:
+                views.append((index, pixels))
+                if requests[index].flip:
+                    views.append((index, pixels.flip(1)))
+        return views
+
+    def images_per_pass(self, height: int, width: int) -> int:
+        """How many images of this size one forward pass holds: at most max_pixels input pixels (at least one)."""
+        return max(1, self.options.max_pixels // (height * width))
+
+    def group(self, images: Sequence[Union[torch.Tensor, RequestError]]) -> List[List[int]]:
         """Indices of same-sized images, split so no forward pass holds more than max_pixels input pixels."""
         by_size: Dict[Tuple[int, int], List[int]] = defaultdict(list)
-        for index, item in enumerate(decoded):
+        for index, item in enumerate(images):
             if isinstance(item, torch.Tensor):
                 by_size[tuple(item.shape[:2])].append(index)
         chunks = []
         for (height, width), indices in by_size.items():
-            per_pass = max(1, self.options.max_pixels // (height * width))
+            per_pass = self.images_per_pass(height, width)
             chunks.extend(indices[i:i + per_pass] for i in range(0, len(indices), per_pass))
         return chunks
 
-    def infer(self, decoded: List[Decoded], chunks: List[List[int]]) -> Dict[int, torch.Tensor]:
-        """Softmax probabilities (CPU, float32) per image index; a failed chunk turns into errors for its images."""
-        results: Dict[int, torch.Tensor] = {}
+    def infer(self, views: List[Tuple[int, torch.Tensor]], requests: Sequence[Options], chunks: List[List[int]]
+              ) -> Tuple[Dict[int, torch.Tensor], Dict[int, RequestError]]:
+        """(probabilities per image index: the mean over its views, CPU float32; the RequestError of each image
+        whose views were in a failed pass). A failed pass fails only the images with a view in it."""
+        sums: Dict[int, torch.Tensor] = {}
+        counts: Dict[int, int] = defaultdict(int)
+        failures: Dict[int, RequestError] = {}
         for chunk in chunks:
+            owners = [views[v][0] for v in chunk]
             try:
-                probabilities = self.forward(self.stack([decoded[i] for i in chunk]))
+                scores = self.forward(self.stack([views[v][1] for v in chunk]))
+                rows = self.to_probabilities(scores, [requests[i].aggregation for i in owners])
             except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
                 if "CUDA error" in str(error) and not is_out_of_memory(error):
                     abandon_worker(error)
@@ -177,12 +246,30 @@ class ImageClassifier:
                 self.release_memory()
                 failure = errors.out_of_memory("classify this image") if is_out_of_memory(error) \
                     else errors.inference_failed(str(error))
-                for index in chunk:
-                    decoded[index] = failure
+                failures.update(dict.fromkeys(owners, failure))
                 continue
-            for index, row in zip(chunk, probabilities):
-                results[index] = row
-        return results
+            for owner, row in zip(owners, rows):
+                sums[owner] = row if owner not in sums else sums[owner] + row
+                counts[owner] += 1
+        return {i: total / counts[i] for i, total in sums.items() if i not in failures}, failures
+
+    def to_probabilities(self, scores: torch.Tensor, aggregations: Sequence[str | None]) -> torch.Tensor:
+        """One pass's scores -> (N, classes) float32 softmax probabilities on the CPU. An fcn score map is
+        aggregated over positions row by row, each as its request asks."""
+        with self.clock.stage("postprocess"):
+            scores = scores.float()
+            if scores.dim() == 4:
+                logits = torch.stack([aggregate(row[None], how)[0] for row, how in zip(scores, aggregations)]) \
+                    if len(set(aggregations)) > 1 else aggregate(scores, aggregations[0])
+            else:
+                logits = scores
+            return torch.softmax(logits, dim=1).cpu()
+
+    def probabilities(self, pixels: torch.Tensor, aggregation: str | None = None) -> torch.Tensor:
+        """(N, H, W, 3) uint8 -> (N, classes) probabilities of one pass, aggregated as the archive's default says
+        (or ``aggregation``): what benchmarks and studies call directly."""
+        how = aggregation or self.defaults.aggregation
+        return self.to_probabilities(self.forward(pixels), [how] * len(pixels))
 
     def stack(self, images: List[torch.Tensor]) -> torch.Tensor:
         """Same-sized (H, W, 3) uint8 images -> one (N, H, W, 3) uint8 batch on the model's device. Images decoded
@@ -198,16 +285,18 @@ class ImageClassifier:
 
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, H, W, 3) uint8 -> (N, classes) float32 probabilities on the CPU."""
+        """(N, H, W, 3) uint8 -> the pass's scores on the model's device: (N, classes) logits for the adaptive head,
+        the (N, classes, H', W') class-score map for the fcn head."""
         self.clock.counts["passes"] += 1
         with self.clock.stage("preprocess"):
             batch = normalize(pixels.to(self.device, non_blocking=True))
             batch = batch.contiguous(memory_format=self.memory_format)
         with self.clock.stage("forward"):
             with self.autocast():
-                logits = self.run_model(batch)
-            # .cpu() waits for the GPU, so the forward time includes the kernels, not just their launch.
-            return torch.softmax(logits.float(), dim=1).cpu()
+                scores = self.run_model(batch)
+            if self.device.type == "cuda":  # wait for the kernels, so the forward time is not just their launch
+                torch.cuda.synchronize(self.device)
+            return scores
 
     def autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.options.precision)
@@ -217,23 +306,30 @@ class ImageClassifier:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def encode(self, item: Decoded, probabilities: torch.Tensor | None) -> Union[dict, RequestError]:
+    def encode(self, item: Decoded, request: Options, probabilities: torch.Tensor | None
+               ) -> Union[dict, RequestError]:
         if isinstance(item, RequestError):
             return item
         if not torch.isfinite(probabilities).all():  # e.g. fp16 overflow: no valid JSON number to send
             return errors.inference_failed("the model produced non-finite scores")
-        top = torch.topk(probabilities, self.topk)
+        top = torch.topk(probabilities, request.topk)
         response = {
             "model": self.model_name,
             "arch": self.options.arch,
             "head": self.options.head,
             "weights": self.options.weights,
-            "input_size": list(item.shape[:2]),
+            "input_size": list(item[0].shape[:2]),
+            "scale_policy": "multi-scale" if request.scales else request.scale_policy,
+            "scales": [list(view.shape[:2]) for view in item],
+            "flip": request.flip,
+            "aggregation": request.aggregation,
             "predictions": [
                 {"index": int(i), "label": self.labels[int(i)], "probability": float(p)}
                 for p, i in zip(top.values, top.indices)
             ],
         }
+        if request.ignored:
+            response["ignored_parameters"] = list(request.ignored)
         if not self.options.trained:
             response["warning"] = UNTRAINED_WARNING
         return response

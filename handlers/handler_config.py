@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from scale_policy import POLICIES, parse_range, parse_scales
 from size_buckets import parse_sizes
+from vgg_models import AGGREGATIONS
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
@@ -33,6 +35,14 @@ class HandlerOptions:
     compile_max_sizes: int = 4  # image sizes that get a compiled graph; others run eagerly
     buckets: str = ""  # WIDTHxHEIGHT,...: resize each image to the nearest of these (size_buckets.py); "": exact sizes
     gpu_decode: bool = True  # on a GPU, decode plain JPEGs of a batch together with nvJPEG
+    # Scale (scale_policy.py). Each is a default that a request may override (request_options.py).
+    scale_policy: str = "working"  # working: rescale into working_scale; native: the image's own size
+    working_scale: str = ""  # LOW-HIGH: shorter sides the weights were trained for; "": none declared (= native)
+    working_scale_source: str = ""  # where that range comes from (a measurement, or the literature)
+    scales: str = ""  # SIDE,...: multi-scale evaluation at these shorter sides; "": one view
+    flip: bool = False  # also classify the mirrored image and average the probabilities
+    aggregation: str = "mean"  # fcn head: how the class-score map becomes one score per class (vgg_models)
+    jpeg_draft: bool = True  # decode a JPEG fed well below its size at 1/2, 1/4 or 1/8 scale (image_decoding)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -45,10 +55,27 @@ class HandlerOptions:
         if self.max_pixels < self.min_side * self.min_side:
             raise ValueError("max_pixels must allow at least a min_side x min_side image")
         parse_sizes(self.warmup_sizes)  # a malformed size fails the build, not the worker
+        if self.scale_policy not in POLICIES:
+            raise ValueError(f"scale_policy must be one of {POLICIES}, not {self.scale_policy!r}")
+        working = parse_range(self.working_scale)
+        if working and (working[0] < self.min_side or working[1] * working[1] > self.max_pixels):
+            raise ValueError(f"working_scale {self.working_scale} must lie within what the network is fed "
+                             f"(shorter side >= min_side {self.min_side}, a square of it <= max_pixels)")
+        if any(s < self.min_side for s in parse_scales(self.scales)):
+            raise ValueError(f"scales must be at least min_side ({self.min_side}) px, not {self.scales!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {self.aggregation!r}")
+        if self.head != "fcn" and self.aggregation != "mean":
+            raise ValueError(f"aggregation applies to the fcn head's class-score map only; the {self.head} head "
+                             f"keeps 'mean'")
         for width, height in self.bucket_sizes:
             if min(width, height) < self.min_side or width * height > self.max_pixels:
                 raise ValueError(f"bucket {width}x{height} is outside what the network is fed "
                                  f"(sides >= min_side, width*height <= max_pixels)")
+
+    @property
+    def working_range(self):
+        return parse_range(self.working_scale)
 
     @property
     def bucket_sizes(self):

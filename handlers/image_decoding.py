@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -151,17 +151,41 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
                         category=DeprecationWarning)
 
 
-def is_plain_jpeg(image: Image.Image, max_pixels: int, min_side: int) -> bool:
+def upright_size(image: Image.Image) -> Tuple[int, int]:
+    """(width, height) of a JPEG once EXIF orientation is applied: orientations 5-8 turn it by 90 degrees. Only for
+    JPEGs, whose EXIF block is read with the header; other formats may decode everything to find theirs."""
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # an EXIF block Pillow cannot parse is ignored when decoding too (decode_pixels)
+        orientation = 1
+    return (image.height, image.width) if orientation in (5, 6, 7, 8) else image.size
+
+
+def is_plain_jpeg(image: Image.Image, sizes: Sequence[Tuple[int, int]]) -> bool:
     """True when torchvision.io decodes this JPEG exactly as the Pillow path would: 8-bit RGB or grey (not CMYK),
-    upright (no EXIF rotation to apply) and already at the size the network is fed."""
+    upright (no EXIF rotation to apply) and fed at its own size only (``sizes``: the sizes it is fed at)."""
     if FORMAT_ALIASES.get(image.format, image.format) != "JPEG" or image.mode not in ("RGB", "L"):
         return False
-    if network_size(image.width, image.height, max_pixels, min_side) != image.size:
+    if list(sizes) != [image.size]:
         return False
     try:
         return image.getexif().get(EXIF_ORIENTATION, 1) == 1
     except Exception:  # an EXIF block Pillow cannot parse: let the Pillow path decide what to do with it
         return False
+
+
+def reduce_while_decoding(image: Image.Image, width: int, height: int) -> None:
+    """Let libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale (DCT scaling, Pillow's ``draft``) when every size
+    it is fed at is at most that small: a 12 MP photo fed at 597x448 is decoded at 1008x756, not 4032x3024.
+    The result stays at least width x height (upright), so the final resize still only shrinks. Other formats
+    ignore it. The resolution study measures that answers do not change (docs/resolution-study.md)."""
+    if FORMAT_ALIASES.get(image.format, image.format) != "JPEG":
+        return
+    stored_w, stored_h = upright_size(image)
+    if (stored_w, stored_h) != image.size:  # turned by EXIF: the request is in stored orientation
+        width, height = height, width
+    if width * 2 <= image.width and height * 2 <= image.height:
+        image.draft(None, (width, height))
 
 
 def as_uint8_tensor(body: bytes) -> torch.Tensor:
@@ -176,19 +200,38 @@ def decode_jpeg_batch(bodies: Sequence[bytes], device: torch.device) -> List[tor
     return [image.permute(1, 2, 0) for image in images]
 
 
-def decode_image(body: bytes, max_pixels: int, min_side: int, bomb_factor: int) -> torch.Tensor:
-    """Request bytes -> (H, W, 3) uint8 tensor at the contract's size. Raises RequestError for bad input."""
+def decode_views(body: bytes, sizes_for: Callable[[int, int], List[Tuple[int, int]]], max_declared_pixels: int,
+                 reduce_jpeg: bool = True) -> List[torch.Tensor]:
+    """Request bytes -> one (H, W, 3) uint8 tensor per size the image is fed at. ``sizes_for(width, height)`` names
+    those sizes for the upright picture (scale_policy.view_sizes). Raises RequestError for bad input."""
     if not body:
         raise errors.empty_body()
-    image = open_image(body, bomb_factor * max_pixels)
-    if is_plain_jpeg(image, max_pixels, min_side):
-        try:
-            return decode_jpeg(as_uint8_tensor(body), mode=ImageReadMode.RGB).permute(1, 2, 0).contiguous()
-        except Exception:  # torchvision refuses some JPEGs Pillow can decode: Pillow has the last word
-            pass
+    image = open_image(body, max_declared_pixels)
+    sizes = None
+    if FORMAT_ALIASES.get(image.format, image.format) == "JPEG":  # planned from the header: decoding can use it
+        planned_w, planned_h = upright_size(image)
+        sizes = sizes_for(planned_w, planned_h)
+        if is_plain_jpeg(image, sizes):
+            try:
+                return [decode_jpeg(as_uint8_tensor(body), mode=ImageReadMode.RGB).permute(1, 2, 0).contiguous()]
+            except Exception:  # torchvision refuses some JPEGs Pillow can decode: Pillow has the last word
+                pass
+        if reduce_jpeg:
+            reduce_while_decoding(image, max(w for w, _ in sizes), max(h for _, h in sizes))
     image = to_rgb(decode_pixels(image))
-    image = resize_to_contract(image, max_pixels, min_side)
-    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
+    if sizes is None or (image.width > image.height) != (planned_w > planned_h):
+        # other formats are planned from the decoded, upright picture; so is a JPEG whose EXIF turn failed
+        sizes = sizes_for(*image.size)
+    # Pillow's bicubic filter widens its support when shrinking, i.e. it antialiases.
+    return [torch.from_numpy(np.array(image if image.size == size else image.resize(size, Image.Resampling.BICUBIC),
+                                      dtype=np.uint8, copy=True)) for size in sizes]
+
+
+def decode_image(body: bytes, max_pixels: int, min_side: int, bomb_factor: int) -> torch.Tensor:
+    """Request bytes -> (H, W, 3) uint8 tensor at the plain contract's size: full decoding, then the contract's
+    resize (the ``native`` policy without reduced-size JPEG decoding)."""
+    return decode_views(body, lambda w, h: [network_size(w, h, max_pixels, min_side)], bomb_factor * max_pixels,
+                        reduce_jpeg=False)[0]
 
 
 def normalize(batch_hwc: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -15,9 +15,10 @@ class RequestError(Exception):
         self.status = status
         self.code = code
         self.message = message
+        self.details: dict = {}  # extra JSON fields, e.g. the option and allowed values of a bad_option
 
     def to_json(self) -> dict:
-        return {"error": self.code, "message": self.message}
+        return {"error": self.code, "message": self.message, **self.details}
 
     def __repr__(self) -> str:
         return f"RequestError({self.status}, {self.code!r}, {self.message!r})"

@@ -20,6 +20,7 @@ import torch
 from classifier import ImageClassifier
 from handler_config import HandlerOptions
 from request_errors import RequestError, empty_body, not_an_image
+from request_options import RequestOptions, parse_options
 from stage_metrics import STAGES, emit
 from vgg_models import load_model
 from weights import read_state_dict
@@ -69,7 +70,7 @@ class SizeAgnosticVGGHandler:
 
     def handle(self, data: List[dict], context) -> List[str]:
         bodies = [request_body(row) for row in data]
-        answers = self.classifier.classify(bodies)
+        answers = self.classifier.classify(bodies, [self.request_options(row) for row in data])
         clock = self.classifier.clock
         # One line per batch in model_log.log; scripts/benchmark.py parses it (keep the format in step with it).
         logger.info("batch of %d requests: %d answered, %d refused; decode %.1f ms, preprocess %.1f ms, forward "
@@ -81,6 +82,16 @@ class SizeAgnosticVGGHandler:
             except Exception:  # the answers are ready; a metrics problem must not turn them into errors
                 logger.exception("exporting the stage metrics failed")
         return [self.respond(answer, index, context) for index, answer in enumerate(answers)]
+
+    def request_options(self, row: Any) -> Union[RequestOptions, RequestError]:
+        """The request's options: its query parameters over the archive's defaults, or the 400 that refuses them."""
+        defaults = self.classifier.defaults
+        if not isinstance(row, dict):
+            return defaults
+        try:
+            return parse_options(row, defaults, len(self.classifier.labels), ignore=BODY_FIELDS)
+        except RequestError as error:
+            return error
 
     @staticmethod
     def respond(answer: Union[dict, RequestError], index: int, context) -> str:

@@ -14,6 +14,7 @@ At 224x224 the feature map is exactly 7x7, both heads see the same numbers, and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Union
 
@@ -22,6 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 HEADS = ("adaptive", "fcn")
+# How the fcn head turns its class-score map (N, classes, H', W') into one score per class:
+# mean - the VGG paper's dense evaluation; max - each class scored by its best window (a small object on a large
+# background); lse - log-mean-exp over positions, between the two (mean for flat maps, max for one strong window).
+AGGREGATIONS = ("mean", "max", "lse")
 
 # Conv layouts from the VGG paper (configurations A, B, D, E); "M" is a 2x2 max pool.
 CONV_LAYOUTS: Dict[str, List[Union[int, str]]] = {
@@ -29,8 +34,9 @@ CONV_LAYOUTS: Dict[str, List[Union[int, str]]] = {
     "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
-    # The shipped demo model: VGG's pattern, 8 times narrower, four pool levels, so it trains at 112 px (7 x 16) on a CPU.
-    "demo": [8, "M", 16, "M", 32, 32, "M", 64, 64, "M"],
+    # The shipped demo model: VGG's pattern with its five pool levels (a 7x7 map at 224 px, fc6 windows of 224 px
+    # like a real VGG's), 5-8 times narrower so it trains on two CPU cores at many scales.
+    "demo": [8, "M", 16, "M", 32, 32, "M", 64, 64, "M", 96, 96, "M"],
 }
 
 
@@ -169,6 +175,29 @@ class DenseEvalVGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.class_score_map(x).mean(dim=(2, 3))
+
+
+def aggregate(score_map: torch.Tensor, how: str) -> torch.Tensor:
+    """(N, classes, H', W') class-score map -> (N, classes) logits, aggregated over positions as ``how`` says."""
+    if how == "mean":
+        return score_map.mean(dim=(2, 3))
+    if how == "max":
+        return score_map.amax(dim=(2, 3))
+    if how == "lse":
+        flat = score_map.flatten(2)
+        return torch.logsumexp(flat, dim=2) - math.log(flat.shape[2])
+    raise ValueError(f"unknown aggregation {how!r}; choose one of {', '.join(AGGREGATIONS)}")
+
+
+class ScoreMap(nn.Module):
+    """The fcn model's class-score map as a module's forward, so it can be compiled like the model itself."""
+
+    def __init__(self, model: "DenseEvalVGG"):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.class_score_map(x)
 
 
 def fc_to_conv_state_dict(state_dict: Dict[str, torch.Tensor], spec: VGGSpec) -> Dict[str, torch.Tensor]:

@@ -6,19 +6,35 @@ loading it (a VGG checkpoint is 500+ MB) and the worker converts it to the chose
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
 IMAGENET = "imagenet"
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation, not for the whole file
 RANDOM = "random"
+# Serving defaults that belong to the weights rather than the architecture (the archive builder's defaults):
+# ``working_scale`` (shorter sides the weights were trained for), where it comes from, the aggregation, and
+# multi-scale ``scales`` and ``flip`` ("true"/"false"); each a text, or a {head: text} map.
+# torchvision's ImageNet VGGs: from the literature, NOT measured here (ImageNet weights cannot be downloaded on
+# the machines this project is built on). torchvision trains them on RandomResizedCrop(224) and evaluates at
+# Resize(256) + CenterCrop(224); the VGG paper (Simonyan & Zisserman, arXiv 1409.1556, Table 4) evaluates its
+# models densely at shorter sides Q = 256, 384, 512; FixRes (Touvron et al., arXiv 1906.06423) finds that models
+# trained on RandomResizedCrop at 224 are best tested above 224, because the crops magnify objects in training.
+IMAGENET_SERVING = {
+    "working_scale": "256-512",
+    "working_scale_source": "literature, not measured here: torchvision's evaluation resize (256), the VGG paper's "
+                            "dense-evaluation scales Q = 256-512 (arXiv 1409.1556, Table 4), FixRes (arXiv 1906.06423)",
+    "aggregation": {"fcn": "mean"},  # the VGG paper's dense evaluation; no study of these weights could be run here
+}
+SERVING_SUFFIX = ".serving.json"  # a weights file's serving defaults travel beside it: demo-vgg.pth -> demo-vgg.serving.json
 
 
 class WeightsUnavailable(RuntimeError):
@@ -33,6 +49,12 @@ class WeightsFile:
     description: str
     trained: bool
     categories: Optional[List[str]] = None
+    serving: Dict = field(default_factory=dict)  # working_scale, working_scale_source, aggregation: {head: name}
+
+    def serving_default(self, key: str, head: str, fallback: str = "") -> str:
+        """A serving default for ``head``: the value itself, or its entry when it is given per head."""
+        value = self.serving.get(key, fallback)
+        return value.get(head, fallback) if isinstance(value, dict) else value
 
 
 def imagenet_entry(arch: str):
@@ -74,7 +96,8 @@ def imagenet_weights(arch: str, download: bool = True) -> WeightsFile:
         finally:
             socket.setdefaulttimeout(previous_timeout)
     acc = entry.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
-    return WeightsFile(path, f"imagenet ({entry.name}, top-1 {acc}%)", True, list(entry.meta["categories"]))
+    return WeightsFile(path, f"imagenet ({entry.name}, top-1 {acc}%)", True, list(entry.meta["categories"]),
+                       IMAGENET_SERVING)
 
 
 def _offline_message(arch: str, path: Path, why: str) -> str:
@@ -104,7 +127,19 @@ def file_weights(path: Path) -> WeightsFile:
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailable(f"weights file {path} does not exist")
-    return WeightsFile(path, f"file {path.name}", True)
+    sidecar = path.with_suffix(SERVING_SUFFIX)
+    try:
+        serving = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except ValueError as error:
+        raise WeightsUnavailable(f"{sidecar} is not valid JSON: {error}") from error
+    def text_or_per_head(value) -> bool:
+        return isinstance(value, str) or (isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
+    if not isinstance(serving, dict) or not all(text_or_per_head(serving.get(key, "")) for key in
+                                                ("working_scale", "working_scale_source", "aggregation",
+                                                 "scales", "flip")):
+        raise WeightsUnavailable(f"{sidecar}: expected working_scale, working_scale_source and aggregation, each a "
+                                 f"text or a {{HEAD: text}} map")
+    return WeightsFile(path, f"file {path.name}", True, serving=serving)
 
 
 def resolve_weights(arch: str, source: str, scratch_dir: Optional[Path] = None, seed: int = 0) -> WeightsFile:

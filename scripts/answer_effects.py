@@ -7,7 +7,7 @@
   largest probability difference over all classes and images, and top-1 accuracy.
 - Size buckets: exact sizes against the nearest bucket, on scenes of many sizes and aspect ratios around the
   demo's training size (where it is accurate, so a cost can show): accuracy of each and top-1 agreement.
-Both run the handler's own ImageClassifier.forward, so they measure what the service would answer.
+Both run the handler's own ImageClassifier.probabilities, so they measure what the service would answer.
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ REPO = SCRIPTS.parent
 sys.path[:0] = [str(SCRIPTS), str(REPO / "handlers"), str(REPO / "loadtests")]
 
 from shapes_dataset import render_example  # noqa: E402
+from vgg_models import ARCHS, training_size  # noqa: E402
 from workloads import ASPECTS, sized  # noqa: E402
 
 DEMO = REPO / "model_store" / "demo"
 SEED = 11  # test-split scenes under a seed the demo model was not trained or studied on
-TRAIN_SIZE = 112
+TRAIN_SIZE = training_size(ARCHS["demo"])
 PRECISION_VARIANTS = [("fp32", True), ("tf32", False), ("bf16", False), ("bf16", True), ("fp16", False),
                       ("fp16", True)]
-BUCKET_LONG_SIDES = (84, 112, 140, 168)  # around the training size, where the model is accurate
+BUCKET_LONG_SIDES = (168, 224, 280, 336)  # around the training size, where the model is accurate
 BUCKET_ASPECTS = ((1, 1), (3, 2), (2, 3))
 
 
@@ -74,7 +75,7 @@ def probabilities(classifier, pixels: List[torch.Tensor], batch: int = 32) -> to
     for indices in by_size.values():
         for start in range(0, len(indices), batch):
             chunk = indices[start:start + batch]
-            for index, row in zip(chunk, classifier.forward(torch.stack([pixels[i] for i in chunk]))):
+            for index, row in zip(chunk, classifier.probabilities(torch.stack([pixels[i] for i in chunk]))):
                 rows[index] = row
     return torch.stack([rows[i] for i in range(len(pixels))])
 

@@ -28,13 +28,15 @@ HANDLERS = REPO / "handlers"
 sys.path.insert(0, str(HANDLERS))
 
 from handler_config import PRECISIONS, HandlerOptions  # noqa: E402
-from vgg_models import ARCHS, HEADS, load_model, num_classes_in  # noqa: E402
+from scale_policy import POLICIES  # noqa: E402
+from vgg_models import AGGREGATIONS, ARCHS, HEADS, load_model, num_classes_in  # noqa: E402
 from weights import WeightsFile, read_state_dict, resolve_weights  # noqa: E402
 
 HANDLER_FILE = HANDLERS / "vgg_handler.py"
 # Modules the handler imports inside the worker; they travel in the archive next to it.
 MODEL_CODE = ["classifier.py", "compiled_model.py", "handler_config.py", "image_decoding.py", "request_errors.py",
-              "size_buckets.py", "stage_metrics.py", "vgg_models.py", "weights.py"]
+              "request_options.py", "scale_policy.py", "size_buckets.py", "stage_metrics.py", "vgg_models.py",
+              "weights.py"]
 
 
 class BuildError(Exception):
@@ -76,6 +78,22 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                               "batch together (changes answers; default: exact sizes)")
     handler.add_argument("--no-gpu-decode", dest="gpu_decode", action="store_false",
                          help="on a GPU, decode JPEGs one by one on the CPU instead of together with nvJPEG")
+    scale = parser.add_argument_group("scale (model-config.yaml, handler section; requests may override them)")
+    scale.add_argument("--scale-policy", choices=POLICIES, default="working",
+                       help="working: rescale images whose shorter side is outside --working-scale into it; "
+                            "native: feed every image at its own size")
+    scale.add_argument("--working-scale", default=None,
+                       help="LOW-HIGH shorter sides the weights were trained for (default: the weights' own: "
+                            "256-512 for ImageNet, a file's WEIGHTS.serving.json, else none = native)")
+    scale.add_argument("--scales", default=None, help="SIDE,...: multi-scale evaluation at these shorter sides "
+                                                         "(default: the weights' own, else one view)")
+    scale.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                       help="also classify the mirrored image and average (default: the weights' own, else no)")
+    scale.add_argument("--aggregation", choices=AGGREGATIONS, default=None,
+                       help="fcn head: mean, max or lse over the class-score map (default: the weights' own, "
+                            "else mean)")
+    scale.add_argument("--no-jpeg-draft", dest="jpeg_draft", action="store_false",
+                       help="decode JPEGs at full size even when they are fed much smaller")
     return parser.parse_args(argv)
 
 
@@ -113,7 +131,16 @@ def model_config(args: argparse.Namespace, weights: WeightsFile) -> dict:
         weights_file=weights.path.name, topk=args.topk, max_pixels=args.max_pixels,
         precision=args.precision, channels_last=args.channels_last, cpu_threads=args.cpu_threads,
         warmup_sizes=args.warmup_sizes, compile=args.compile, compile_max_sizes=args.compile_max_sizes,
-        buckets=args.buckets, gpu_decode=args.gpu_decode,
+        buckets=args.buckets, gpu_decode=args.gpu_decode, scale_policy=args.scale_policy,
+        working_scale=weights.serving_default("working_scale", args.head) if args.working_scale is None
+        else args.working_scale,
+        working_scale_source=weights.serving_default("working_scale_source", args.head) if args.working_scale is None
+        else "given to the archive builder",
+        scales=weights.serving_default("scales", args.head) if args.scales is None else args.scales,
+        flip=weights.serving_default("flip", args.head, "false") == "true" if args.flip is None else args.flip,
+        jpeg_draft=args.jpeg_draft,
+        aggregation=args.aggregation or (weights.serving_default("aggregation", "fcn", "mean")
+                                         if args.head == "fcn" else "mean"),
     )
     return {
         "minWorkers": args.min_workers,
@@ -166,7 +193,11 @@ def build(args: argparse.Namespace) -> Path:
         del state_dict
         labels = read_labels(args.labels, weights, num_classes)
         (staging / "index_to_name.json").write_text(json.dumps({str(i): n for i, n in enumerate(labels)}, indent=1))
-        config = model_config(args, weights)
+        try:
+            config = model_config(args, weights)
+        except ValueError as error:  # HandlerOptions refuses the combination: say so before packaging anything
+            hint = " (--working-scale '' declares none)" if "working_scale" in str(error) else ""
+            raise BuildError(f"{error}{hint}") from error
         (staging / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         say(f"model-config.yaml: {json.dumps({k: v for k, v in config.items() if k != 'handler'})}")
         say(f"packaging into {export_path / (name + '.mar')}")

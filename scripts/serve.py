@@ -53,7 +53,8 @@ def archive_is_current(archive: Path, weights: Path, description: str, sources: 
     if not archive.is_file():
         return False
     built = archive.stat().st_mtime
-    if any(source.stat().st_mtime > built for source in [*(REPO / "handlers").glob("*.py"), weights, *sources]):
+    if any(source.exists() and source.stat().st_mtime > built
+           for source in [*(REPO / "handlers").glob("*.py"), weights, *sources]):
         return False
     with zipfile.ZipFile(archive) as mar:
         options = yaml.safe_load(mar.read("model-config.yaml")).get("handler", {})
@@ -74,9 +75,9 @@ def ensure_archive(name: str, weights: Path, description: str, builder_args: Lis
 
 def demo_archives() -> List[str]:
     """The shipped demo model with both heads: works offline, gives meaningful answers on generated shapes."""
-    labels = DEMO / "labels.json"
+    labels, serving = DEMO / "labels.json", DEMO / "demo-vgg.serving.json"  # the study's working scale, aggregation
     return [ensure_archive(f"demo-{head}", DEMO / "demo-vgg.pth", DEMO_DESCRIPTION,
-                           ["--arch", "demo", "--head", head, "--labels", str(labels)], [labels])
+                           ["--arch", "demo", "--head", head, "--labels", str(labels)], [labels, serving])
             for head in HEADS]
 
 
@@ -94,14 +95,11 @@ def imagenet_archives(arch: str) -> List[str]:
 
 
 def write_sample_image(path: Path) -> str:
-    """A held-out scene of the demo model's kind at its training size (where it is accurate; see
-    docs/resolution-study.md for other sizes), and its true class."""
-    from shapes_dataset import CLASSES, render_example
-    from vgg_models import ARCHS, training_size
+    """A 640x480 JPEG of a shape drawn by the independent probe (not the training data's renderer), and its class."""
+    from shape_probe import CLASSES, probe_jpeg
 
-    side = training_size(ARCHS["demo"])
-    image, label = render_example(seed=1, split="test", index=7, width=side, height=side)
-    image.save(path, "PNG")
+    body, label = probe_jpeg(seed=1, index=7, width=640, height=480)
+    path.write_bytes(body)
     return CLASSES[label]
 
 
@@ -116,15 +114,16 @@ def start(arch: str) -> int:
         print(f"[serve] TorchServe did not become ready: {error}", file=sys.stderr)
         server.stop()
         return 1
-    sample = WORKDIR / "sample.png"
+    sample = WORKDIR / "sample.jpg"
     truth = write_sample_image(sample)
     key = server.keys().get("inference")
     auth = f'-H "Authorization: Bearer {key}" ' if key else ""
     print(f"\n[serve] ready: {', '.join(names)} at {server.url('inference')}")
     for name in names:
         print(f"  curl {auth}-T {sample} {server.url('inference')}/predictions/{name}")
-    print(f"  ({sample.name} is a generated {truth} at the demo model's training size; any JPEG/PNG/WebP/GIF/BMP/TIFF"
-          " of any size is accepted; `make stop` stops the server)\n", flush=True)
+    print(f"  curl {auth}-T {sample} '{server.url('inference')}/predictions/{names[-1]}?topk=3&flip=true'")
+    print(f"  ({sample.name} is a {truth} drawn at 640x480; any JPEG/PNG/WebP/GIF/BMP/TIFF of any size is accepted;"
+          " options: topk, scale_policy, scales, flip, aggregation; `make stop` stops the server)\n", flush=True)
     return 0
 
 

@@ -1,142 +1,272 @@
 #!/usr/bin/env python3
-"""Train the shipped demo model: a narrow VGG (arch ``demo``) on the generated shapes data set, on the CPU.
+"""Train the shipped demo model: a narrow VGG (arch ``demo``) on generated shapes at many scales, on the CPU.
 
-    .venv/bin/python scripts/train_demo.py            # what `make train-demo` runs (about 15 minutes on 2 cores)
+    .venv/bin/python scripts/train_demo.py            # what `make train-demo` runs (about 40 minutes on 2 cores)
+
+Scale jittering in both senses the resolution study measures (the VGG paper trains at S in [256, 512] for the
+same reason): every batch has its own size, shorter side 48 to 448 px and aspect ratios 1:2 to 2:1, and each
+scene in it is either "zoom" (the shape a fraction of the picture, so its pixel size follows the image) or "canvas"
+(a shape of 8 to 54 px radius on a larger background). Some scenes are rendered smaller and upscaled (blurred), JPEG
+compressed or noisy. Both heads are trained at once on the same features: the adaptive head's logits, and the
+fcn head's class-score map aggregated by the mean and by the max over positions.
 
 Writes model_store/demo/: ``demo-vgg.pth`` (a torchvision-format state dict, so both heads and the archive builder
 take it as they take torchvision's checkpoints), ``labels.json``, ``training.json`` (settings and metrics) and
-``MODEL_CARD.md``. Everything random (scenes, order, initialisation) comes from ``--seed``.
+``MODEL_CARD.md``. Everything random (scenes, sizes, augmentation, order, initialisation) comes from ``--seed``;
+the batches are rendered in worker processes, which changes nothing about them.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import platform
 import sys
 import time
+from collections import deque
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path[:0] = [str(SCRIPTS), str(REPO / "handlers")]
 
 from image_decoding import normalize  # noqa: E402
-from shapes_dataset import CLASSES, render_example  # noqa: E402
-from vgg_models import ARCHS, CONV_LAYOUTS, build_model, training_size  # noqa: E402
+from shapes_dataset import CLASSES, render, sample_scene, scene_generator  # noqa: E402
+from vgg_models import ARCHS, CONV_LAYOUTS, build_model, pool_up_to, training_size  # noqa: E402
 
 ARCH = "demo"
 DEFAULT_OUTPUT = REPO / "model_store" / "demo"
+SHORT_SIDES = (48, 448)  # shorter side of a training batch, log-uniform
+# A curriculum: from scratch, the full spread of sizes and backgrounds never gets off chance (seen: 500 steps at
+# loss ln 10), so training starts with zoom scenes at 96-160 px and widens to the full spread over the first
+# quarter of the steps (the VGG paper likewise starts its multi-scale models from a single-scale one).
+FIRST_SHORT_SIDES = (96, 160)
+HOLD, CURRICULUM = 0.1, 0.35  # the first band alone for 10 % of the steps, the full spread from 35 %
+ASPECTS = (1.0, 1.0, 4 / 3, 3 / 4, 16 / 9, 9 / 16, 2.0, 0.5)  # width / height
+CANVAS_UNITS = (48, 128)  # canvas scenes: the shape's unit (its radius is 0.16-0.42 of it) in px, log-uniform
+PIXELS_PER_BATCH = 600_000
+MAX_BATCH = 32
+# The held-out conditions printed while training: (name, width, height, canvas unit or None)
+VALIDATION = (("zoom 64", 64, 64, None), ("zoom 224", 224, 224, None), ("zoom 448", 448, 448, None),
+              ("canvas 448 (112-px shapes)", 448, 448, 112), ("canvas 448 (56-px shapes)", 448, 448, 56))
 
 
-def render_block(job: Tuple[int, str, int, int, int]) -> Tuple[np.ndarray, np.ndarray]:
-    seed, split, start, count, size = job
+def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+
+
+def progress(step: int, steps: int) -> float:
+    """0 at the start, 1 once the curriculum has reached the full spread of sizes and canvas scenes."""
+    return float(np.clip((step - HOLD * steps) / max(1.0, (CURRICULUM - HOLD) * steps), 0.0, 1.0))
+
+
+def batch_plan(seed: int, step: int, steps: int) -> Tuple[int, int, int]:
+    """(width, height, batch size) of training step ``step``: one size per batch, so it stacks without padding."""
+    rng = np.random.default_rng([seed, 1, step])
+    done = progress(step, steps)
+    low, high = (math.exp((1 - done) * math.log(first) + done * math.log(last))
+                 for first, last in zip(FIRST_SHORT_SIDES, SHORT_SIDES))
+    short = log_uniform(rng, low, high)
+    aspect = float(rng.choice(ASPECTS))
+    width, height = (round(short * aspect), round(short)) if aspect >= 1 else (round(short), round(short / aspect))
+    return width, height, int(np.clip(round(PIXELS_PER_BATCH / (width * height)), 2, MAX_BATCH))
+
+
+def augmented_scene(seed: int, step: int, slot: int, width: int, height: int, canvas_share: float
+                    ) -> Tuple[np.ndarray, int]:
+    """One training picture: a scene of the train split, zoom or canvas, maybe blurred, compressed or noisy."""
+    scene = sample_scene(scene_generator(seed, "train", step * MAX_BATCH + slot))
+    rng = np.random.default_rng([seed, 2, step, slot])
+    short = min(width, height)
+    unit = min(short, log_uniform(rng, *CANVAS_UNITS)) if rng.random() < canvas_share else None
+    if rng.random() < 0.2:  # a small picture upscaled: the detail of `factor` times fewer pixels
+        factor = rng.uniform(0.3, 0.8)
+        small_w, small_h = max(16, round(width * factor)), max(16, round(height * factor))
+        image = render(scene, small_w, small_h, unit and unit * small_h / height)
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    else:
+        image = render(scene, width, height, unit)
+    if rng.random() < 0.4:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=int(rng.integers(30, 96)))
+        image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    pixels = np.asarray(image)
+    if rng.random() < 0.2:
+        noise = rng.normal(0, rng.uniform(2, 10), pixels.shape)
+        pixels = np.clip(pixels + noise, 0, 255).astype(np.uint8)
+    if rng.random() < 0.5:
+        pixels = pixels[:, ::-1]
+    return np.ascontiguousarray(pixels), scene.label
+
+
+def render_batch(job: Tuple[int, int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    seed, step, steps = job
+    width, height, size = batch_plan(seed, step, steps)
+    canvas_share = 0.5 * progress(step, steps)
+    pictures = [augmented_scene(seed, step, slot, width, height, canvas_share) for slot in range(size)]
+    return np.stack([p for p, _ in pictures]), np.array([label for _, label in pictures])
+
+
+def render_validation(job) -> Tuple[np.ndarray, np.ndarray]:
+    seed, start, count, width, height, unit = job
     images, labels = [], []
     for index in range(start, start + count):
-        image, label = render_example(seed, split, index, size, size)
-        images.append(np.asarray(image))
-        labels.append(label)
+        scene = sample_scene(scene_generator(seed, "val", index))
+        images.append(np.asarray(render(scene, width, height, unit)))
+        labels.append(scene.label)
     return np.stack(images), np.array(labels)
 
 
-def render_split(seed: int, split: str, count: int, size: int, processes: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(N, H, W, 3) uint8 images and (N,) labels, rendered in parallel blocks (the result does not depend on it)."""
-    block = 500
-    jobs = [(seed, split, start, min(block, count - start), size) for start in range(0, count, block)]
-    with Pool(processes) as pool:
-        parts = pool.map(render_block, jobs)
-    return torch.from_numpy(np.concatenate([p[0] for p in parts])), torch.from_numpy(np.concatenate([p[1] for p in parts]))
+def batches(pool: Pool, seed: int, steps: int, ahead: int = 6):
+    """The training batches in order, rendered by the pool at most ``ahead`` steps in advance (bounded memory)."""
+    pending = deque()
+    for step in range(steps):
+        pending.append(pool.apply_async(render_batch, ((seed, step, steps),)))
+        if len(pending) > ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def head_logits(model: torch.nn.Module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """From one pass through the trunk: the adaptive head's logits and the fcn head's class-score map aggregated
+    by mean and max. The fcn head is the same classifier's tensors reshaped into convolutions (vgg_models)."""
+    features = model.features(x)
+    adaptive = model.classifier(torch.flatten(model.avgpool(features), 1))
+    fc6, relu6, drop6, fc7, relu7, drop7, fc8 = model.classifier
+    k = model.spec.pool_size
+    score_map = pool_up_to(features, k)
+    score_map = drop6(relu6(F.conv2d(score_map, fc6.weight.view(fc6.out_features, -1, k, k), fc6.bias)))
+    score_map = drop7(relu7(F.conv2d(score_map, fc7.weight[:, :, None, None], fc7.bias)))
+    score_map = F.conv2d(score_map, fc8.weight[:, :, None, None], fc8.bias)
+    return {"adaptive": adaptive, "fcn-mean": score_map.mean(dim=(2, 3)), "fcn-max": score_map.amax(dim=(2, 3))}
 
 
 @torch.inference_mode()
-def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
+def validate(model: torch.nn.Module, sets: List[Tuple[str, torch.Tensor, torch.Tensor]]) -> Dict[str, Dict]:
     model.eval()
-    correct = 0
-    for start in range(0, len(images), batch):
-        logits = model(normalize(images[start:start + batch]))
-        correct += (logits.argmax(1) == labels[start:start + batch]).sum().item()
-    return correct / len(images)
+    results = {}
+    for name, images, labels in sets:
+        correct = {}
+        for start in range(0, len(images), 16):
+            outputs = head_logits(model, normalize(images[start:start + 16]))
+            for head, logits in outputs.items():
+                hits = (logits.argmax(1) == labels[start:start + 16]).sum().item()
+                correct[head] = correct.get(head, 0) + hits
+        results[name] = {head: round(hits / len(images), 4) for head, hits in correct.items()}
+    model.train()
+    return results
+
+
+def initialise_like_torchvision(model: torch.nn.Module) -> None:
+    """torchvision's VGG initialisation (Kaiming-normal convolutions, unit batch norm, N(0, 0.01) linear layers);
+    PyTorch's default left the network at chance for 500 steps."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, 0, 0.01)
+            torch.nn.init.zeros_(module.bias)
 
 
 def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    size = training_size(ARCHS[ARCH])
     started = time.perf_counter()
-    train_images, train_labels = render_split(args.seed, "train", args.train_images, size, args.threads)
-    val_images, val_labels = render_split(args.seed, "val", args.val_images, size, args.threads)
-    print(f"rendered {len(train_images)} training and {len(val_images)} validation images at {size}x{size} "
-          f"in {time.perf_counter() - started:.0f} s", flush=True)
-
     model = build_model(ARCH, "adaptive", num_classes=len(CLASSES)).train()
+    initialise_like_torchvision(model)
     for layer in model.classifier:
         if isinstance(layer, torch.nn.Dropout):  # VGG's 0.5 starves a 128-wide classifier; inert at eval anyway
             layer.p = args.dropout
-    steps_per_epoch = len(train_images) // args.batch_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch)
-    order_generator = torch.Generator().manual_seed(args.seed)
-    history = []
-    for epoch in range(args.epochs):
-        model.train()
-        order = torch.randperm(len(train_images), generator=order_generator)
-        flips = torch.rand(len(train_images), generator=order_generator) < 0.5
-        losses = []
-        for step in range(steps_per_epoch):
-            index = order[step * args.batch_size:(step + 1) * args.batch_size]
-            batch = normalize(train_images[index])
-            # mirror half the batch: every class is mirror-symmetric as a class, and it doubles the scenes seen
-            batch = torch.where(flips[index].view(-1, 1, 1, 1), batch.flip(3), batch)
-            loss = F.cross_entropy(model(batch), train_labels[index], label_smoothing=0.05)
+    warmup = min(200, args.steps // 10 + 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(step, args.steps) / args.steps)))
+    history, losses, seen = [], [], 0
+    with Pool(args.render_processes) as pool:
+        validation = []
+        for name, width, height, unit in VALIDATION:
+            images, labels = render_validation((args.seed, 0, args.val_images, width, height, unit))
+            validation.append((name, torch.from_numpy(images), torch.from_numpy(labels)))
+        print(f"rendered {len(VALIDATION)} x {args.val_images} validation scenes in "
+              f"{time.perf_counter() - started:.0f} s; training {args.steps} steps", flush=True)
+        for step, (images, labels) in enumerate(batches(pool, args.seed, args.steps)):
+            outputs = head_logits(model, normalize(torch.from_numpy(images)))
+            target = torch.from_numpy(labels)
+            loss = sum(F.cross_entropy(logits, target, label_smoothing=0.05) for logits in outputs.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(loss.item())
-        val_accuracy = accuracy(model, val_images, val_labels)
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_accuracy": val_accuracy,
-                        "seconds": round(time.perf_counter() - started, 1)})
-        print(json.dumps(history[-1]), flush=True)
-    return {"model": model.eval(), "history": history, "training_size": size,
+            losses.append(loss.item() / len(outputs))
+            seen += len(labels)
+            if (step + 1) % args.report_every == 0 or step + 1 == args.steps:
+                entry = {"step": step + 1, "images": seen, "loss": round(float(np.mean(losses)), 4),
+                         "seconds": round(time.perf_counter() - started, 1),
+                         "validation": validate(model, validation)}
+                history.append(entry)
+                losses = []
+                print(json.dumps(entry), flush=True)
+    return {"model": model.eval(), "history": history, "images": seen,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-MODEL_CARD = """# Demo model: `demo` (a narrow VGG) trained on generated shapes
+MODEL_CARD = """# Demo model: `demo` (a narrow VGG) trained on generated shapes at many scales
 
-What it is: a VGG-style network with the same structure as torchvision's VGG (3x3 conv blocks with batch norm and
-2x2 max pools, then `AdaptiveAvgPool2d(7)` and a three-layer fully connected classifier), 8x narrower and with four
-pool levels: conv layout `{layout}`, hidden width {hidden}, {params:,} parameters ({megabytes:.1f} MB). Its state dict
-has torchvision's key layout, so the `adaptive` and `fcn` heads and the FC-to-conv conversion apply unchanged.
+What it is: a VGG-style network with the same structure as torchvision's VGG (3x3 conv blocks with batch norm,
+five 2x2 max pools, then `AdaptiveAvgPool2d(7)` and a three-layer fully connected classifier), 5-8x narrower:
+conv layout `{layout}`, hidden width {hidden}, {params:,} parameters ({megabytes:.1f} MB). As in a real VGG the
+feature map is 7x7 at {size}x{size} and each fc6 window sees {size} px. Its state dict has torchvision's key
+layout, so the `adaptive` and `fcn` heads and the FC-to-conv conversion apply unchanged.
 
 Classes ({num_classes}): {classes}.
 
-## Data
-`scripts/shapes_dataset.py`: one shape per image at a random position, size (radius 16-42 % of the shorter side),
-rotation and colour, over a random texture (gradient, stripes, checker or smooth blotches), drawn with antialiased
-edges. Every scene is a function of (seed, split, index) and can be rendered at any size and aspect ratio.
-Training: {train_images:,} scenes of the `train` split at {size}x{size}, mirrored at random; validation:
-{val_images:,} scenes of the `val` split. The resolution study uses the `test` split.
+## Data: scale jittering
+`scripts/shapes_dataset.py` draws one shape per scene at a random position, size, rotation and colour over a
+random texture (gradient, stripes, checker or smooth blotches), with antialiased edges; every scene is a function
+of (seed, split, index). Training renders {images:,} scenes of the `train` split, each batch at its own size:
+
+- a curriculum: the first {hold:.0%} of the steps are zoom scenes with shorter sides of {first_low}-{first_high} px;
+  by {curriculum:.0%} of the steps the range has widened to the full spread below and the canvas share grown to half;
+- shorter side log-uniform in {short_low}-{short_high} px, aspect ratio (width:height) one of 1:1, 4:3, 3:4, 16:9,
+  9:16, 2:1, 1:2; up to {max_batch} scenes and about {pixels:,} pixels per batch;
+- half the scenes "zoom" (shape radius 16-42 % of the shorter side: {zoom_low:.0f} to {zoom_high:.0f} px), half "canvas" (the
+  shape's unit log-uniform in {unit_low}-{unit_high} px, radius {canvas_low:.0f} to {canvas_high:.0f} px, on the larger background);
+- 20 % rendered at 30-80 % of the size and upscaled (bicubic), 40 % JPEG-compressed (quality 30-95), 20 % with
+  Gaussian noise (sigma 2-10), 50 % mirrored.
+
+Validation (printed while training, below): {val_images} scenes of the `val` split per condition.
+The resolution study (`docs/resolution-study.md`) uses the `test` split and an independent renderer
+(`scripts/shape_probe.py`, plain Pillow drawing, other backgrounds, JPEG).
 
 ## Training
-Command: `{command}` (seed {seed}), {epochs} epochs, batch {batch_size}, AdamW (lr {lr}, cosine decay to 0, weight
-decay 5e-4), dropout {dropout} in the classifier while training, label smoothing 0.05, {threads} CPU threads. It took {minutes:.1f} minutes on {machine}.
-Everything random (scenes, their order, mirroring, initialisation) comes from the seed: two runs on the same
-machine and library versions give bit-identical weights (checked with two short runs,
-`--train-images 2000 --epochs 1`).
+Command: `{command}` (seed {seed}): {steps:,} steps, AdamW (lr {lr}, {warmup}-step warm-up then cosine decay to 0,
+weight decay 5e-4, torchvision's VGG initialisation), dropout {dropout} in the classifier, label smoothing 0.05. The loss is the sum of three
+cross-entropies on one pass through the trunk: the adaptive head's logits and the fcn head's class-score map
+averaged and maxed over positions, so both heads and both aggregations are trained. {threads} torch threads and
+{render_processes} rendering processes; it took {minutes:.1f} minutes on {machine}.
+Everything random comes from the seed: two runs on the same machine and library versions give bit-identical
+weights (`tests/test_demo_model.py` checks it on a short run).
 
-## Accuracy
-Top-1 on the {val_images:,} validation scenes at the training size {size}x{size}: **{val_accuracy:.1%}**.
-How accuracy changes with the input resolution and aspect ratio, for both heads: `docs/resolution-study.md`.
-
-| epoch | mean loss | validation top-1 | elapsed (s) |
-|---|---:|---:|---:|
+## Accuracy while training (validation scenes, top-1)
 {history_rows}
+
+How accuracy changes with input size, aspect ratio and background for every head, aggregation and scale policy,
+beside resize-and-centre-crop: `docs/resolution-study.md`. The working range the archives declare
+(`handler.working_scale`) comes from that study.
 """
 
 
@@ -148,35 +278,47 @@ def write_outputs(args: argparse.Namespace, result: dict) -> None:
     (output / "labels.json").write_text(json.dumps(CLASSES, indent=1) + "\n")
     spec = ARCHS[ARCH]
     params = sum(p.numel() for p in model.parameters())
-    summary = {"arch": ARCH, "seed": args.seed, "training_size": result["training_size"],
-               "train_images": args.train_images, "val_images": args.val_images, "epochs": args.epochs,
-               "batch_size": args.batch_size, "lr": args.lr, "dropout": args.dropout, "threads": args.threads,
-               "seconds": result["seconds"],
-               "val_accuracy": result["history"][-1]["val_accuracy"], "history": result["history"],
-               "parameters": params, "torch": torch.__version__, "machine": f"{platform.machine()}, "
-               f"{torch.get_num_threads()} threads"}
+    summary = {"arch": ARCH, "seed": args.seed, "training_size": training_size(spec), "steps": args.steps,
+               "images": result["images"], "val_images": args.val_images, "lr": args.lr, "dropout": args.dropout,
+               "threads": args.threads, "render_processes": args.render_processes, "seconds": result["seconds"],
+               "short_sides": SHORT_SIDES, "aspects": ASPECTS, "canvas_units": CANVAS_UNITS,
+               "pixels_per_batch": PIXELS_PER_BATCH, "first_short_sides": FIRST_SHORT_SIDES, "curriculum": [HOLD, CURRICULUM], "max_batch": MAX_BATCH,
+               "final_validation": result["history"][-1]["validation"], "history": result["history"],
+               "parameters": params, "torch": torch.__version__, "machine": platform.machine(),
+               "command": " ".join(["python"] + sys.argv)}
     (output / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
-    rows = "\n".join(f"| {h['epoch']} | {h['loss']:.3f} | {h['val_accuracy']:.1%} | {h['seconds']} |"
-                     for h in result["history"])
+    names = [name for name, *_ in VALIDATION]
+    heads = list(result["history"][-1]["validation"][names[0]])
+    header = "| step | images | loss | " + " | ".join(f"{n}: {h}" for n in names for h in heads) + " | elapsed (s) |"
+    rows = [header, "|---:|---:|---:|" + "---:|" * (len(names) * len(heads)) + "---:|"]
+    for h in result["history"]:
+        rows.append(f"| {h['step']} | {h['images']:,} | {h['loss']:.3f} | " + " | ".join(
+            f"{100 * h['validation'][n][k]:.1f}" for n in names for k in heads) + f" | {h['seconds']} |")
     (output / "MODEL_CARD.md").write_text(MODEL_CARD.format(
-        layout=" ".join(map(str, CONV_LAYOUTS[spec.layout])), hidden=spec.hidden,
-        params=params, megabytes=(output / "demo-vgg.pth").stat().st_size / 1e6, num_classes=len(CLASSES),
-        classes=", ".join(CLASSES), size=result["training_size"], command=" ".join(["python"] + sys.argv),
-        minutes=result["seconds"] / 60, machine=f"{platform.machine()} CPU, torch {torch.__version__}",
-        history_rows=rows, **{k: v for k, v in summary.items() if k not in ("history", "machine")}))
+        layout=" ".join(map(str, CONV_LAYOUTS[spec.layout])), hidden=spec.hidden, params=params,
+        megabytes=(output / "demo-vgg.pth").stat().st_size / 1e6, size=training_size(spec), num_classes=len(CLASSES),
+        classes=", ".join(CLASSES), images=result["images"], first_low=FIRST_SHORT_SIDES[0],
+        first_high=FIRST_SHORT_SIDES[1], hold=HOLD, curriculum=CURRICULUM, short_low=SHORT_SIDES[0], short_high=SHORT_SIDES[1],
+        max_batch=MAX_BATCH, pixels=PIXELS_PER_BATCH, zoom_low=0.16 * SHORT_SIDES[0], zoom_high=0.42 * SHORT_SIDES[1],
+        unit_low=CANVAS_UNITS[0], unit_high=CANVAS_UNITS[1], canvas_low=0.16 * CANVAS_UNITS[0],
+        canvas_high=0.42 * CANVAS_UNITS[1], val_images=args.val_images, command=summary["command"], seed=args.seed,
+        steps=args.steps, lr=args.lr, warmup=min(200, args.steps // 10 + 1), dropout=args.dropout,
+        threads=args.threads, render_processes=args.render_processes, minutes=result["seconds"] / 60,
+        machine=f"{platform.machine()} CPU ({args.threads} cores), torch {torch.__version__}",
+        history_rows="\n".join(rows)))
     print(f"wrote {output}/demo-vgg.pth, labels.json, training.json, MODEL_CARD.md", flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-images", type=int, default=24_000)
-    parser.add_argument("--val-images", type=int, default=2_000)
-    parser.add_argument("--epochs", type=int, default=9)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--steps", type=int, default=9000)
+    parser.add_argument("--val-images", type=int, default=200, help="validation scenes per condition")
+    parser.add_argument("--report-every", type=int, default=500, help="steps between validation reports")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--render-processes", type=int, default=2)
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="directory for the weights, labels and card")
     args = parser.parse_args()
     write_outputs(args, train(args))

@@ -79,7 +79,8 @@ def test_same_sized_images_share_a_forward_pass_and_equal_single_requests(handle
     same = [encode(make_photo(64, 64, seed=s), "PNG") for s in range(4)]
     other = [encode(make_photo(96, 64, seed=9), "PNG"), encode(make_photo(64, 96, seed=10), "PNG")]
     passes = []
-    hook = handler.classifier.model.register_forward_hook(lambda module, args, out: passes.append(args[0].shape[0]))
+    hook = handler.classifier.model.features.register_forward_hook(
+        lambda module, args, out: passes.append(args[0].shape[0]))
     try:
         batched, _ = run(handler, [{"body": b} for b in same + other])
         assert sorted(passes) == [1, 1, 4]

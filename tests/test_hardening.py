@@ -7,6 +7,7 @@ must get exactly the answer it got before any bad input arrived.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -39,7 +40,8 @@ def server(tmp_path_factory):
         build_archive.build(build_archive.parse_args([
             "--arch", "demo", "--head", head, "--weights", str(DEMO / "demo-vgg.pth"), "--labels",
             str(DEMO / "labels.json"), "--name", f"demo-{head}", "--export-path", str(store), "--batch-size",
-            str(batch), "--max-batch-delay", str(delay), "--response-timeout", str(RESPONSE_TIMEOUT)]))
+            str(batch), "--max-batch-delay", str(delay), "--response-timeout", str(RESPONSE_TIMEOUT),
+            "--scale-policy", "native"]))  # the corpus's expected input sizes follow the plain contract
     instance = TorchServe(tmp_path_factory.mktemp("hardening_ts"), store,
                           ["demo-fcn=demo-fcn.mar", "demo-adaptive=demo-adaptive.mar"], free_ports=True).start()
     try:
@@ -101,6 +103,19 @@ def test_each_bad_input_gets_its_documented_answer_and_the_server_answers_the_ne
     started = time.monotonic()
     answer = post(server, **case.request_kwargs())
     check_case(case, answer, time.monotonic() - started)
+    assert same_answer(good_answer(server), reference)
+
+
+def test_the_corpus_sent_with_every_option_gets_the_same_answers(server, reference):
+    """The per-request options path (working range, multi-scale views, mirrors, another aggregation) meets the
+    same bad inputs: every case keeps its documented status and error, and the good image's answer is unchanged."""
+    options = {"scale_policy": "working", "scales": "64,160", "flip": "true", "aggregation": "max", "topk": "3"}
+    for case in CASES:
+        started = time.monotonic()
+        answer = post(server, params=options, **case.request_kwargs())
+        check_case(dataclasses.replace(case, input_size=None), answer, time.monotonic() - started)
+        if case.status == 200:
+            assert answer.json()["scale_policy"] == "multi-scale" and len(answer.json()["predictions"]) == 3
     assert same_answer(good_answer(server), reference)
 
 
