@@ -1,21 +1,29 @@
 """Per-request options: their format, their parser and their defaults, in one place.
 
-Options travel as query parameters of the prediction URL, which TorchServe 0.12 hands to the handler as extra
-entries of the request's input (next to ``body``), e.g.
+Which parts of a request reach a TorchServe 0.12 handler (read in its frontend, InferenceRequestHandler.java,
+and measured by tests/test_demo_model.py):
 
-    POST /predictions/demo-fcn?topk=3&scale_policy=native&scales=224,448&flip=true&aggregation=max
+- request headers, on every inference path: the portable way, ``X-Topk: 3``, ``X-Scale-Policy: native``, ...;
+- multipart or url-encoded form fields, as extra entries of the request's input (next to ``data``/``body``);
+- query parameters only on ``/models/{name}/invoke`` (and the legacy ``/{name}/predict``). On
+  ``/predictions/{name}`` TorchServe drops them before the worker sees them (``handlePredictions`` passes no
+  query decoder) and the handler cannot tell they were sent. TorchServe is archived, so this stays.
 
-| option | values | default |
+    curl -H 'X-Topk: 3' -H 'X-Scales: 224,448' -T cat.jpg .../predictions/demo-fcn
+    curl -X POST -T cat.jpg '.../models/demo-fcn/invoke?topk=3&scales=224,448'
+
+| option (header) | values | default |
 |---|---|---|
-| ``topk`` | 1 .. number of classes | the archive's ``topk`` |
-| ``scale_policy`` | ``working`` (rescale into the archive's working range), ``native`` (the image's own size) | the archive's |
-| ``scales`` | shorter sides in px, comma-separated (at most 6, each 32-4096): multi-scale evaluation; ``none``: single scale | the archive's |
-| ``flip`` | true / false: also classify the mirrored image and average | the archive's |
-| ``aggregation`` | fcn head only: ``mean``, ``max``, ``lse`` | the archive's |
+| ``topk`` (``X-Topk``) | 1 .. number of classes | the archive's ``topk`` |
+| ``scale_policy`` (``X-Scale-Policy``) | ``working`` (rescale into the archive's working range), ``native`` (the image's own size) | the archive's |
+| ``scales`` (``X-Scales``) | shorter sides in px, comma-separated (at most 6, each 32-4096): multi-scale evaluation; ``none``: single scale | the archive's |
+| ``flip`` (``X-Flip``) | true / false: also classify the mirrored image and average | the archive's |
+| ``aggregation`` (``X-Aggregation``) | fcn head only: ``mean``, ``max``, ``lse`` | the archive's |
 
-A bad value is the request's own 400 ``bad_option`` naming the option and its allowed values. Other parameters
-(TorchServe merges multipart form fields and query parameters into one input) are not refused, since clients send
-extra form fields; the response lists them under ``ignored_parameters``, so a misspelt ``top_k`` shows.
+A parameter or form field wins over the header of the same option. A bad value is the request's own 400
+``bad_option`` naming the option and its allowed values. Other parameters and form fields are not refused, since
+clients send extra form fields; the response lists them under ``ignored_parameters``, so a misspelt ``top_k``
+shows. Unknown headers are not listed: proxies and clients add many.
 """
 
 from __future__ import annotations
@@ -31,6 +39,20 @@ OPTION_NAMES = ("topk", "scale_policy", "scales", "flip", "aggregation")
 MAX_SCALES = 6
 SCALE_LIMITS = (32, 4096)
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+HEADER_PREFIX = "x-"
+
+
+def option_header(name: str) -> str:
+    """The header that carries option ``name``: ``scale_policy`` -> ``X-Scale-Policy``."""
+    return "X-" + "-".join(part.capitalize() for part in name.split("_"))
+
+
+def options_from_headers(headers: Mapping[str, Any]) -> dict:
+    """{option name: value} of the option headers among ``headers`` (names in any case). TorchServe's header
+    mapping also holds per-field content types as dicts; only text values are headers."""
+    wanted = {option_header(name).lower(): name for name in OPTION_NAMES}
+    return {wanted[str(key).lower()]: value for key, value in headers.items()
+            if str(key).lower() in wanted and isinstance(value, (str, bytes))}
 
 
 @dataclass(frozen=True)
@@ -69,11 +91,12 @@ def parse_bool(name: str, text: str) -> bool:
 
 
 def parse_options(row: Mapping[str, Any], defaults: RequestOptions, num_classes: int,
-                  ignore: Tuple[str, ...] = ()) -> RequestOptions:
-    """The options of one request (``row``: TorchServe's input entry), on top of the archive's defaults.
-    Raises RequestError (400) for a bad value."""
+                  ignore: Tuple[str, ...] = (), headers: Mapping[str, Any] | None = None) -> RequestOptions:
+    """The options of one request (``row``: TorchServe's input entry, ``headers``: its request headers), on top
+    of the archive's defaults. Raises RequestError (400) for a bad value."""
     options = {"ignored": tuple(sorted(str(key)[:64] for key in row if key not in OPTION_NAMES and key not in ignore))}
-    values = {name: as_text(row[name]).strip() for name in OPTION_NAMES if name in row}
+    given = {**options_from_headers(headers or {}), **{name: row[name] for name in OPTION_NAMES if name in row}}
+    values = {name: as_text(value).strip() for name, value in given.items()}
     if "topk" in values:
         text = values["topk"]
         if not is_small_number(text) or not 1 <= int(text) <= num_classes:
@@ -101,8 +124,6 @@ def parse_options(row: Mapping[str, Any], defaults: RequestOptions, num_classes:
 def request_scales(text: str) -> Tuple[int, ...]:
     allowed = (f"'none' or up to {MAX_SCALES} shorter sides in pixels ({SCALE_LIMITS[0]}-{SCALE_LIMITS[1]}), "
                f"comma-separated, e.g. 224,448")
-    if text.lower() in ("", "none"):
-        return ()
     try:
         scales = parse_scales(text[:200])
     except ValueError:

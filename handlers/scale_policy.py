@@ -36,9 +36,9 @@ def parse_range(text: str) -> Tuple[int, int] | None:
 
 
 def parse_scales(text: str) -> Tuple[int, ...]:
-    """'224,320,448' -> (224, 320, 448): shorter sides for multi-scale evaluation; '' -> () (single scale)."""
+    """'224,320,448' -> (224, 320, 448): shorter sides for multi-scale evaluation; '' or 'none' -> () (one view)."""
     text = str(text).strip()
-    if not text:
+    if not text or text.lower() == "none":
         return ()
     parts = [part.strip() for part in text.split(",")]
     if not all(part.isascii() and part.isdigit() and len(part) <= 6 for part in parts):

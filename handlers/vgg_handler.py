@@ -70,7 +70,8 @@ class SizeAgnosticVGGHandler:
 
     def handle(self, data: List[dict], context) -> List[str]:
         bodies = [request_body(row) for row in data]
-        answers = self.classifier.classify(bodies, [self.request_options(row) for row in data])
+        answers = self.classifier.classify(bodies, [self.request_options(row, request_headers(context, index))
+                                                    for index, row in enumerate(data)])
         clock = self.classifier.clock
         # One line per batch in model_log.log; scripts/benchmark.py parses it (keep the format in step with it).
         logger.info("batch of %d requests: %d answered, %d refused; decode %.1f ms, preprocess %.1f ms, forward "
@@ -83,13 +84,14 @@ class SizeAgnosticVGGHandler:
                 logger.exception("exporting the stage metrics failed")
         return [self.respond(answer, index, context) for index, answer in enumerate(answers)]
 
-    def request_options(self, row: Any) -> Union[RequestOptions, RequestError]:
-        """The request's options: its query parameters over the archive's defaults, or the 400 that refuses them."""
+    def request_options(self, row: Any, headers: dict | None = None) -> Union[RequestOptions, RequestError]:
+        """The request's options: its headers, form fields and query parameters over the archive's defaults, or
+        the 400 that refuses them."""
         defaults = self.classifier.defaults
         if not isinstance(row, dict):
             return defaults
         try:
-            return parse_options(row, defaults, len(self.classifier.labels), ignore=BODY_FIELDS)
+            return parse_options(row, defaults, len(self.classifier.labels), ignore=BODY_FIELDS, headers=headers)
         except RequestError as error:
             return error
 
@@ -126,6 +128,14 @@ def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         return None
+
+
+def request_headers(context, index: int) -> dict:
+    """Request ``index``'s HTTP headers, or none when the context has no such request (a direct call)."""
+    try:
+        return dict(context.get_all_request_header(index) or {})
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return {}
 
 
 def request_body(row: Any) -> Union[bytes, RequestError]:

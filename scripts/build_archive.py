@@ -85,8 +85,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     scale.add_argument("--working-scale", default=None,
                        help="LOW-HIGH shorter sides the weights were trained for (default: the weights' own: "
                             "256-512 for ImageNet, a file's WEIGHTS.serving.json, else none = native)")
-    scale.add_argument("--scales", default=None, help="SIDE,...: multi-scale evaluation at these shorter sides "
-                                                         "(default: the weights' own, else one view)")
+    scale.add_argument("--scales", default=None, help="SIDE,... or none: multi-scale evaluation at these shorter "
+                                                      "sides (default: the weights' own, else one view)")
     scale.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                        help="also classify the mirrored image and average (default: the weights' own, else no)")
     scale.add_argument("--aggregation", choices=AGGREGATIONS, default=None,

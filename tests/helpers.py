@@ -98,6 +98,18 @@ def reference_probabilities(model: torch.nn.Module, head: str, pixels_hwc: np.nd
     return torch.softmax(reference_logits(model, head, to_input(pixels_hwc)), dim=1)[0]
 
 
+def demo_model_dir(directory):
+    """The shipped demo model laid out in ``directory`` as an unpacked archive (weights and index_to_name.json)."""
+    import json
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parent.parent / "model_store" / "demo"
+    (directory / "demo-vgg.pth").symlink_to(demo / "demo-vgg.pth")
+    labels = json.loads((demo / "labels.json").read_text())
+    (directory / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(labels)}))
+    return directory
+
+
 class MetricsRecorder:
     """Records what a handler adds to TorchServe's metrics (``context.metrics.add_metric``)."""
 
@@ -111,12 +123,16 @@ class MetricsRecorder:
 class MockContext:
     """The parts of ts.context.Context the handler uses."""
 
-    def __init__(self, model_dir, config, model_name="vgg11-test"):
+    def __init__(self, model_dir, config, model_name="vgg11-test", headers=None):
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
+        self.headers = headers or {}  # request index -> its HTTP headers
         self.model_yaml_config = config
         self.model_name = model_name
         self.statuses, self.content_types = {}, {}
         self.metrics = MetricsRecorder()
+
+    def get_all_request_header(self, idx):
+        return self.headers.get(idx, {})
 
     def set_response_status(self, code=200, phrase="", idx=0):
         self.statuses[idx] = (code, phrase)

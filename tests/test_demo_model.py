@@ -97,9 +97,10 @@ def jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def post(server, model: str, body: bytes, query: str = "") -> requests.Response:
-    headers = {**server.headers("inference"), "Content-Type": "image/jpeg"}
-    return requests.post(f"{server.url('inference')}/predictions/{model}{query}", data=body, headers=headers,
+def post(server, model: str, body: bytes, query: str = "", headers: dict | None = None,
+         path: str = "predictions/{model}") -> requests.Response:
+    headers = {**server.headers("inference"), "Content-Type": "image/jpeg", **(headers or {})}
+    return requests.post(f"{server.url('inference')}/{path.format(model=model)}{query}", data=body, headers=headers,
                          timeout=120)
 
 
@@ -144,22 +145,32 @@ def test_drawn_shapes_in_webcam_frames_and_phone_photos_are_answered_correctly(d
 
 
 @pytest.mark.integration
-def test_query_parameters_reach_the_handler_through_torchserve(demo_server):
+def test_options_reach_the_handler_as_headers_and_as_invoke_query_parameters(demo_server):
+    """What TorchServe 0.12 carries to the worker: headers on every path, query parameters on /models/{m}/invoke;
+    on /predictions/{m} it drops the query string (request_options.py), which this pins down."""
     body, _ = probe_jpeg(FRESH_SEED, 0, 640, 480)
-    answer = post(demo_server, "demo-fcn", body, "?topk=2&aggregation=lse&flip=true&scales=112,224")
-    assert answer.status_code == 200, answer.text
-    applied = answer.json()
-    assert len(applied["predictions"]) == 2 and applied["aggregation"] == "lse" and applied["flip"] is True
-    assert applied["scale_policy"] == "multi-scale" and applied["scales"] == [[112, 149], [224, 299]]
-    assert post(demo_server, "demo-fcn", body, "?scale_policy=native&scales=none").json()["input_size"] == [480, 640]
-    misspelt = post(demo_server, "demo-fcn", body, "?top_k=3")
+    asked = {"X-Topk": "2", "X-Aggregation": "lse", "X-Flip": "true", "X-Scales": "112,224"}
+    for answer in (post(demo_server, "demo-fcn", body, headers=asked),
+                   post(demo_server, "demo-fcn", body, "?topk=2&aggregation=lse&flip=true&scales=112,224",
+                        path="models/{model}/invoke")):
+        assert answer.status_code == 200, answer.text
+        applied = answer.json()
+        assert len(applied["predictions"]) == 2 and applied["aggregation"] == "lse" and applied["flip"] is True
+        assert applied["scale_policy"] == "multi-scale" and applied["scales"] == [[112, 149], [224, 299]]
+    form = requests.post(f"{demo_server.url('inference')}/predictions/demo-fcn", files={"data": body},
+                         data={"topk": "3"}, headers={**demo_server.headers("inference"), "X-Topk": "4"}, timeout=120)
+    assert form.status_code == 200 and len(form.json()["predictions"]) == 3, form.text  # the field wins
+    dropped = post(demo_server, "demo-fcn", body, "?topk=2").json()
+    assert len(dropped["predictions"]) == 5 and "ignored_parameters" not in dropped
+    native = post(demo_server, "demo-fcn", body, headers={"X-Scale-Policy": "native", "X-Scales": "none"})
+    assert native.json()["input_size"] == [480, 640]
+    misspelt = post(demo_server, "demo-fcn", body, "?top_k=3", path="models/{model}/invoke")
     assert misspelt.status_code == 200 and misspelt.json()["ignored_parameters"] == ["top_k"]
-    for model, query, option in (("demo-fcn", "?aggregation=median", "aggregation"), ("demo-fcn", "?topk=0", "topk"),
-                                 ("demo-adaptive", "?aggregation=max", "aggregation"),
-                                 ("demo-fcn", "?flip=sometimes", "flip")):
-        refused = post(demo_server, model, body, query)
-        assert refused.status_code == 400, (query, refused.text)
-        assert refused.json()["option"] == option and refused.json()["allowed"]
+    for model, header, value in (("demo-fcn", "X-Aggregation", "median"), ("demo-fcn", "X-Topk", "0"),
+                                 ("demo-adaptive", "X-Aggregation", "max"), ("demo-fcn", "X-Flip", "sometimes")):
+        refused = post(demo_server, model, body, headers={header: value})
+        assert refused.status_code == 400, (header, refused.text)
+        assert refused.json()["option"] == header[2:].lower().replace("-", "_") and refused.json()["allowed"]
 
 
 def test_training_is_deterministic_on_a_tiny_run(tmp_path):

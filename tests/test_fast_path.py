@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import MockContext, encode, make_photo
+from helpers import MockContext, demo_model_dir, encode, make_photo
 from image_decoding import (decode_image, decode_jpeg_batch, decode_pixels, is_plain_jpeg, network_size,
                             open_image, resize_to_contract, to_rgb)
 from request_errors import RequestError
@@ -120,11 +120,7 @@ def test_batched_jpeg_decoding_equals_one_by_one_and_fails_as_a_whole_on_a_bad_f
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     """The shipped demo model laid out as an unpacked archive."""
-    directory = tmp_path_factory.mktemp("demo_model_dir")
-    (directory / "demo-vgg.pth").symlink_to(DEMO / "demo-vgg.pth")
-    labels = json.loads((DEMO / "labels.json").read_text())
-    (directory / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(labels)}))
-    return directory
+    return demo_model_dir(tmp_path_factory.mktemp("demo_model_dir"))
 
 
 @pytest.fixture

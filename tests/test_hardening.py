@@ -41,7 +41,7 @@ def server(tmp_path_factory):
             "--arch", "demo", "--head", head, "--weights", str(DEMO / "demo-vgg.pth"), "--labels",
             str(DEMO / "labels.json"), "--name", f"demo-{head}", "--export-path", str(store), "--batch-size",
             str(batch), "--max-batch-delay", str(delay), "--response-timeout", str(RESPONSE_TIMEOUT),
-            "--scale-policy", "native"]))  # the corpus's expected input sizes follow the plain contract
+            "--scale-policy", "native", "--scales", "none", "--no-flip"]))  # the corpus's input sizes: plain contract
     instance = TorchServe(tmp_path_factory.mktemp("hardening_ts"), store,
                           ["demo-fcn=demo-fcn.mar", "demo-adaptive=demo-adaptive.mar"], free_ports=True).start()
     try:
@@ -109,10 +109,12 @@ def test_each_bad_input_gets_its_documented_answer_and_the_server_answers_the_ne
 def test_the_corpus_sent_with_every_option_gets_the_same_answers(server, reference):
     """The per-request options path (working range, multi-scale views, mirrors, another aggregation) meets the
     same bad inputs: every case keeps its documented status and error, and the good image's answer is unchanged."""
-    options = {"scale_policy": "working", "scales": "64,160", "flip": "true", "aggregation": "max", "topk": "3"}
+    options = {"X-Scale-Policy": "working", "X-Scales": "64,160", "X-Flip": "true", "X-Aggregation": "max",
+               "X-Topk": "3"}
     for case in CASES:
+        kwargs = case.request_kwargs()
         started = time.monotonic()
-        answer = post(server, params=options, **case.request_kwargs())
+        answer = post(server, **{**kwargs, "headers": {**kwargs["headers"], **options}})
         check_case(dataclasses.replace(case, input_size=None), answer, time.monotonic() - started)
         if case.status == 200:
             assert answer.json()["scale_policy"] == "multi-scale" and len(answer.json()["predictions"]) == 3

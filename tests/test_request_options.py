@@ -4,16 +4,13 @@ every bad one, without touching the other requests of the batch."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import pytest
 
-from helpers import MockContext, encode, make_photo
+from helpers import MockContext, demo_model_dir, encode, make_photo
 from request_errors import RequestError
-from request_options import RequestOptions, parse_options
+from request_options import RequestOptions, option_header, parse_options
 from vgg_handler import BODY_FIELDS, SizeAgnosticVGGHandler
 
-DEMO = Path(__file__).resolve().parent.parent / "model_store" / "demo"
 FCN = RequestOptions(topk=5, scale_policy="working", scales=(), flip=False, aggregation="mean")
 ADAPTIVE = RequestOptions(topk=5, scale_policy="working", scales=(), flip=False, aggregation=None)
 
@@ -50,6 +47,19 @@ def test_a_bad_value_is_a_400_naming_the_option_and_its_allowed_values(row, opti
     assert body["option"] == option and body["allowed"] and option in body["message"]
 
 
+def test_options_travel_as_headers_in_any_case_and_a_parameter_wins_over_its_header():
+    """Headers are what TorchServe hands over on /predictions/ (it drops the query string there)."""
+    headers = {"x-topk": "3", "X-SCALE-POLICY": "native", "X-Scales": "224,448", "x-flip": "yes",
+               "X-Aggregation": "max", "User-Agent": "curl/8", "body": {"content-type": "image/jpeg"}}
+    options = parse_options({"body": b""}, FCN, 10, ignore=BODY_FIELDS, headers=headers)
+    assert options == RequestOptions(topk=3, scale_policy="native", scales=(224, 448), flip=True, aggregation="max")
+    assert parse_options({"topk": b"2"}, FCN, 10, headers={"X-Topk": "4"}).topk == 2
+    assert [option_header(name) for name in ("topk", "scale_policy")] == ["X-Topk", "X-Scale-Policy"]
+    with pytest.raises(RequestError) as raised:
+        parse_options({}, FCN, 10, headers={"X-Flip": "sometimes"})
+    assert raised.value.to_json()["option"] == "flip"
+
+
 def test_other_parameters_are_listed_as_ignored_not_refused():
     """Clients send extra multipart fields; a misspelt option must still be visible in the answer."""
     options = parse({"body": b"", "top_k": b"3", "comment": b"holiday"})
@@ -64,20 +74,19 @@ def test_the_adaptive_head_has_no_aggregation_to_choose():
 
 
 def test_bad_options_fail_only_their_own_request_of_a_batch(tmp_path):
-    (tmp_path / "demo-vgg.pth").symlink_to(DEMO / "demo-vgg.pth")
-    labels = json.loads((DEMO / "labels.json").read_text())
-    (tmp_path / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(labels)}))
     handler = SizeAgnosticVGGHandler()
-    handler.initialize(MockContext(tmp_path, {"handler": {
+    handler.initialize(MockContext(demo_model_dir(tmp_path), {"handler": {
         "arch": "demo", "head": "fcn", "weights_file": "demo-vgg.pth", "warmup_sizes": "", "topk": 5}}))
     body = encode(make_photo(120, 90, seed=1), "PNG")
     rows = [{"body": body}, {"body": body, "topk": b"many"}, {"body": body, "topk": b"2"},
             {"body": body, "colour": b"red"}, {"body": b"not an image", "topk": b"2"},
-            {"body": body, "scales": b"1500,1600,1700,1800", "flip": b"true"}]
-    context = MockContext(None, None)
+            {"body": body, "scales": b"1500,1600,1700,1800", "flip": b"true"}, {"body": body}, {"body": body}]
+    context = MockContext(None, None, headers={6: {"X-Topk": "1"}, 7: {"X-Aggregation": "median"}})
     answers = [json.loads(a) for a in handler.handle(rows, context)]
-    assert context.statuses == {1: (400, "bad_option"), 4: (400, "not_an_image"), 5: (400, "bad_option")}
+    assert context.statuses == {1: (400, "bad_option"), 4: (400, "not_an_image"), 5: (400, "bad_option"),
+                                7: (400, "bad_option")}
     assert len(answers[0]["predictions"]) == 5 and len(answers[2]["predictions"]) == 2
     assert answers[0]["predictions"][:2] == answers[2]["predictions"]
     assert answers[1]["option"] == "topk" and answers[3]["ignored_parameters"] == ["colour"]
     assert answers[5]["option"] == "scales" and "pixels" in answers[5]["allowed"]  # over the per-image view budget
+    assert answers[6]["predictions"] == answers[0]["predictions"][:1] and answers[7]["option"] == "aggregation"

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from handler_config import HandlerOptions
-from helpers import MockContext, encode, make_photo, to_input
+from helpers import MockContext, demo_model_dir, encode, make_photo, to_input
 from image_decoding import decode_views, network_size
 from scale_policy import parse_range, parse_scales, view_sizes, working_size
 from vgg_handler import SizeAgnosticVGGHandler
@@ -65,7 +65,7 @@ def test_bad_working_ranges_are_refused(text):
 
 def test_bad_scale_configuration_is_refused_when_the_archive_is_built():
     assert parse_range("56-448") == (56, 448) and parse_range("") is None
-    assert parse_scales("224, 448") == (224, 448) and parse_scales("") == ()
+    assert parse_scales("224, 448") == (224, 448) and parse_scales("") == () == parse_scales("None")
     for bad in ({"working_scale": "448-56"}, {"working_scale": "16-448"}, {"working_scale": "56-4096"},
                 {"scales": "16,224"}, {"scales": "a,b"}, {"scale_policy": "zoom"}, {"aggregation": "median"}):
         with pytest.raises(ValueError):
@@ -132,11 +132,7 @@ def test_an_exif_rotated_photo_is_planned_upright():
 # ------------------------------------------------------------------------------- through the demo handler
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("demo_scale_dir")
-    (directory / "demo-vgg.pth").symlink_to(DEMO / "demo-vgg.pth")
-    labels = json.loads((DEMO / "labels.json").read_text())
-    (directory / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(labels)}))
-    return directory
+    return demo_model_dir(tmp_path_factory.mktemp("demo_scale_dir"))
 
 
 def make_handler(demo_dir, head="fcn", **options):
