@@ -4,7 +4,8 @@ Each image is decoded into its *views*: the sizes the scale policy feeds it at (
 ``native``, one per scale for multi-scale evaluation), each also mirrored when ``flip`` is asked for. Views of
 identical size, from any request of the batch, share a forward pass; nothing is padded, so a batched answer
 equals the single-request answer (unless the archive opts into size buckets). The fcn head's pass returns the
-class-score map, aggregated per image as that request asks; an image's probabilities are the mean over its views.
+class-score map, aggregated per image as that request asks; an image's views then become one answer by their mean
+or their per-class maximum (``view_aggregation``).
 A bad image or bad option becomes a RequestError value in its own slot and never touches the others. Pixels stay
 uint8 until they reach the model's device, where they are normalised.
 """
@@ -25,7 +26,7 @@ from handler_config import HandlerOptions
 from image_decoding import decode_jpeg_batch, decode_views, is_plain_jpeg, normalize, open_image
 from request_errors import RequestError
 from request_options import RequestOptions, bad_option
-from scale_policy import parse_scales, view_sizes
+from scale_policy import combine_views, parse_scales, view_sizes
 from size_buckets import parse_sizes, resize_to_bucket
 from stage_metrics import StageClock
 from vgg_models import ScoreMap, aggregate
@@ -75,7 +76,8 @@ class ImageClassifier:
         self.defaults = RequestOptions(
             topk=min(options.topk, len(self.labels)), scale_policy=options.scale_policy,
             scales=parse_scales(options.scales), flip=options.flip,
-            aggregation=options.aggregation if options.head == "fcn" else None)
+            aggregation=options.aggregation if options.head == "fcn" else None,
+            view_aggregation=options.view_aggregation)
         self.buckets = options.bucket_sizes
         # nvJPEG decodes a batch of JPEGs straight into GPU memory; on a CPU they are decoded one by one.
         self.jpeg_batch_device = device if device.type == "cuda" and options.gpu_decode else None
@@ -228,10 +230,9 @@ class ImageClassifier:
 
     def infer(self, views: List[Tuple[int, torch.Tensor]], requests: Sequence[Options], chunks: List[List[int]]
               ) -> Tuple[Dict[int, torch.Tensor], Dict[int, RequestError]]:
-        """(probabilities per image index: the mean over its views, CPU float32; the RequestError of each image
-        whose views were in a failed pass). A failed pass fails only the images with a view in it."""
-        sums: Dict[int, torch.Tensor] = {}
-        counts: Dict[int, int] = defaultdict(int)
+        """(probabilities per image index: its views combined as its request asks, CPU float32; the RequestError
+        of each image whose views were in a failed pass). A failed pass fails only the images with a view in it."""
+        rows_of: Dict[int, List[torch.Tensor]] = defaultdict(list)
         failures: Dict[int, RequestError] = {}
         for chunk in chunks:
             owners = [views[v][0] for v in chunk]
@@ -249,9 +250,9 @@ class ImageClassifier:
                 failures.update(dict.fromkeys(owners, failure))
                 continue
             for owner, row in zip(owners, rows):
-                sums[owner] = row if owner not in sums else sums[owner] + row
-                counts[owner] += 1
-        return {i: total / counts[i] for i, total in sums.items() if i not in failures}, failures
+                rows_of[owner].append(row)
+        return {i: combine_views(torch.stack(rows), requests[i].view_aggregation) for i, rows in rows_of.items()
+                if i not in failures}, failures
 
     def to_probabilities(self, scores: torch.Tensor, aggregations: Sequence[str | None]) -> torch.Tensor:
         """One pass's scores -> (N, classes) float32 softmax probabilities on the CPU. An fcn score map is
@@ -322,6 +323,7 @@ class ImageClassifier:
             "scale_policy": "multi-scale" if request.scales else request.scale_policy,
             "scales": [list(view.shape[:2]) for view in item],
             "flip": request.flip,
+            "view_aggregation": request.view_aggregation,
             "aggregation": request.aggregation,
             "predictions": [
                 {"index": int(i), "label": self.labels[int(i)], "probability": float(p)}

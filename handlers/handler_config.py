@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from scale_policy import POLICIES, parse_range, parse_scales
+from scale_policy import POLICIES, VIEW_AGGREGATIONS, parse_range, parse_scales
 from size_buckets import parse_sizes
 from vgg_models import AGGREGATIONS
 
@@ -41,6 +41,7 @@ class HandlerOptions:
     working_scale_source: str = ""  # where that range comes from (a measurement, or the literature)
     scales: str = ""  # SIDE,...: multi-scale evaluation at these shorter sides; "": one view
     flip: bool = False  # also classify the mirrored image and average the probabilities
+    view_aggregation: str = "mean"  # how an image's views and mirrors become one answer (scale_policy)
     aggregation: str = "mean"  # fcn head: how the class-score map becomes one score per class (vgg_models)
     jpeg_draft: bool = True  # decode a JPEG fed well below its size at 1/2, 1/4 or 1/8 scale (image_decoding)
 
@@ -63,6 +64,8 @@ class HandlerOptions:
                              f"(shorter side >= min_side {self.min_side}, a square of it <= max_pixels)")
         if any(s < self.min_side for s in parse_scales(self.scales)):
             raise ValueError(f"scales must be at least min_side ({self.min_side}) px, not {self.scales!r}")
+        if self.view_aggregation not in VIEW_AGGREGATIONS:
+            raise ValueError(f"view_aggregation must be one of {VIEW_AGGREGATIONS}, not {self.view_aggregation!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {self.aggregation!r}")
         if self.head != "fcn" and self.aggregation != "mean":

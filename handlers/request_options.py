@@ -17,7 +17,8 @@ and measured by tests/test_demo_model.py):
 | ``topk`` (``X-Topk``) | 1 .. number of classes | the archive's ``topk`` |
 | ``scale_policy`` (``X-Scale-Policy``) | ``working`` (rescale into the archive's working range), ``native`` (the image's own size) | the archive's |
 | ``scales`` (``X-Scales``) | shorter sides in px, comma-separated (at most 6, each 32-4096): multi-scale evaluation; ``none``: single scale | the archive's |
-| ``flip`` (``X-Flip``) | true / false: also classify the mirrored image and average | the archive's |
+| ``flip`` (``X-Flip``) | true / false: also classify the mirrored image | the archive's |
+| ``view_aggregation`` (``X-View-Aggregation``) | ``mean`` or ``max``: how the views and mirrors become one answer | the archive's |
 | ``aggregation`` (``X-Aggregation``) | fcn head only: ``mean``, ``max``, ``lse`` | the archive's |
 
 A parameter or form field wins over the header of the same option. A bad value is the request's own 400
@@ -32,10 +33,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Tuple
 
 from request_errors import RequestError
-from scale_policy import POLICIES, parse_scales
+from scale_policy import POLICIES, VIEW_AGGREGATIONS, parse_scales
 from vgg_models import AGGREGATIONS
 
-OPTION_NAMES = ("topk", "scale_policy", "scales", "flip", "aggregation")
+OPTION_NAMES = ("topk", "scale_policy", "scales", "flip", "view_aggregation", "aggregation")
 MAX_SCALES = 6
 SCALE_LIMITS = (32, 4096)
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -62,6 +63,7 @@ class RequestOptions:
     scales: Tuple[int, ...]  # () = one view, chosen by scale_policy
     flip: bool
     aggregation: str | None  # None for the adaptive head, which has no score map to aggregate
+    view_aggregation: str = "mean"  # how the views (scales, mirrors) become one answer: scale_policy.combine_views
     ignored: Tuple[str, ...] = ()  # parameters of the request that are not options
 
 
@@ -110,6 +112,10 @@ def parse_options(row: Mapping[str, Any], defaults: RequestOptions, num_classes:
         options["scales"] = request_scales(values["scales"])
     if "flip" in values:
         options["flip"] = parse_bool("flip", values["flip"])
+    if "view_aggregation" in values:
+        if values["view_aggregation"] not in VIEW_AGGREGATIONS:
+            raise bad_option("view_aggregation", " or ".join(VIEW_AGGREGATIONS), values["view_aggregation"][:200])
+        options["view_aggregation"] = values["view_aggregation"]
     if "aggregation" in values:
         if defaults.aggregation is None:
             raise bad_option("aggregation", "left out: this archive's adaptive head has no class-score map to "

@@ -5,16 +5,34 @@ Under the ``working`` policy an image whose shorter side lies inside that range 
 no crop); one outside it is rescaled into the range (aspect kept, antialiased). ``native`` keeps the plain
 preprocessing contract (only the max_pixels and min_side limits apply). Multi-scale evaluation feeds one view per
 requested shorter side instead (the VGG paper's Q values). Every size then still obeys max_pixels and min_side.
+An image's views (and mirrors) are combined into one answer by ``combine_views``.
 """
 
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
+import torch
+
 from image_decoding import network_size
 
 Size = Tuple[int, int]  # (width, height)
 POLICIES = ("working", "native")
+# How an image's views become one answer: the mean of their probabilities (the VGG paper's), or each class's best
+# view, renormalised. The maximum lets a view at a large scale find a small object without the views at small
+# scales, which cannot see it, voting it down; and a view that sees a large object at the wrong scale rarely
+# outscores the view that sees it at the right one (docs/multi-scale-choice.json, docs/resolution-study.md).
+VIEW_AGGREGATIONS = ("mean", "max")
+
+
+def combine_views(rows: torch.Tensor, how: str) -> torch.Tensor:
+    """(views, classes) probabilities of one image -> (classes,) probabilities."""
+    if how == "mean":
+        return rows.mean(0)
+    if how == "max":
+        best = rows.max(0).values
+        return best / best.sum()
+    raise ValueError(f"view_aggregation must be one of {VIEW_AGGREGATIONS}, not {how!r}")
 
 
 def parse_range(text: str) -> Tuple[int, int] | None:

@@ -21,8 +21,10 @@ IMAGENET = "imagenet"
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation, not for the whole file
 RANDOM = "random"
 # Serving defaults that belong to the weights rather than the architecture (the archive builder's defaults):
-# ``working_scale`` (shorter sides the weights were trained for), where it comes from, the aggregation, and
-# multi-scale ``scales`` and ``flip`` ("true"/"false"); each a text, or a {head: text} map.
+# ``working_scale`` (shorter sides the weights were trained for), where it comes from, the score map's
+# aggregation, multi-scale ``scales``, ``flip`` ("true"/"false") and how the views are combined
+# (``view_aggregation``); each a text, or a {head: text} map.
+SERVING_KEYS = ("working_scale", "working_scale_source", "aggregation", "scales", "flip", "view_aggregation")
 # torchvision's ImageNet VGGs: from the literature, NOT measured here (ImageNet weights cannot be downloaded on
 # the machines this project is built on). torchvision trains them on RandomResizedCrop(224) and evaluates at
 # Resize(256) + CenterCrop(224); the VGG paper (Simonyan & Zisserman, arXiv 1409.1556, Table 4) evaluates its
@@ -49,7 +51,7 @@ class WeightsFile:
     description: str
     trained: bool
     categories: Optional[List[str]] = None
-    serving: Dict = field(default_factory=dict)  # working_scale, working_scale_source, aggregation: {head: name}
+    serving: Dict = field(default_factory=dict)  # SERVING_KEYS: text, or {head: text}
 
     def serving_default(self, key: str, head: str, fallback: str = "") -> str:
         """A serving default for ``head``: the value itself, or its entry when it is given per head."""
@@ -123,6 +125,10 @@ def random_weights(arch: str, seed: int, directory: Path) -> WeightsFile:
     return WeightsFile(path, f"random (untrained, seed {seed})", False, imagenet_categories())
 
 
+def text_or_per_head(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
+
+
 def file_weights(path: Path) -> WeightsFile:
     path = Path(path)
     if not path.is_file():
@@ -132,13 +138,9 @@ def file_weights(path: Path) -> WeightsFile:
         serving = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     except ValueError as error:
         raise WeightsUnavailable(f"{sidecar} is not valid JSON: {error}") from error
-    def text_or_per_head(value) -> bool:
-        return isinstance(value, str) or (isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
-    if not isinstance(serving, dict) or not all(text_or_per_head(serving.get(key, "")) for key in
-                                                ("working_scale", "working_scale_source", "aggregation",
-                                                 "scales", "flip")):
-        raise WeightsUnavailable(f"{sidecar}: expected working_scale, working_scale_source and aggregation, each a "
-                                 f"text or a {{HEAD: text}} map")
+    if not isinstance(serving, dict) or not all(text_or_per_head(serving.get(key, "")) for key in SERVING_KEYS):
+        raise WeightsUnavailable(f"{sidecar}: expected {', '.join(SERVING_KEYS)}, each a text or a {{HEAD: text}} "
+                                 f"map")
     return WeightsFile(path, f"file {path.name}", True, serving=serving)
 
 

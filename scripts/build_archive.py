@@ -28,7 +28,7 @@ HANDLERS = REPO / "handlers"
 sys.path.insert(0, str(HANDLERS))
 
 from handler_config import PRECISIONS, HandlerOptions  # noqa: E402
-from scale_policy import POLICIES  # noqa: E402
+from scale_policy import POLICIES, VIEW_AGGREGATIONS  # noqa: E402
 from vgg_models import AGGREGATIONS, ARCHS, HEADS, load_model, num_classes_in  # noqa: E402
 from weights import WeightsFile, read_state_dict, resolve_weights  # noqa: E402
 
@@ -89,6 +89,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                                       "sides (default: the weights' own, else one view)")
     scale.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                        help="also classify the mirrored image and average (default: the weights' own, else no)")
+    scale.add_argument("--view-aggregation", choices=VIEW_AGGREGATIONS, default=None,
+                       help="how an image's views and mirrors become one answer: mean or each class's best view "
+                            "(default: the weights' own, else mean)")
     scale.add_argument("--aggregation", choices=AGGREGATIONS, default=None,
                        help="fcn head: mean, max or lse over the class-score map (default: the weights' own, "
                             "else mean)")
@@ -138,6 +141,7 @@ def model_config(args: argparse.Namespace, weights: WeightsFile) -> dict:
         else "given to the archive builder",
         scales=weights.serving_default("scales", args.head) if args.scales is None else args.scales,
         flip=weights.serving_default("flip", args.head, "false") == "true" if args.flip is None else args.flip,
+        view_aggregation=args.view_aggregation or weights.serving_default("view_aggregation", args.head, "mean"),
         jpeg_draft=args.jpeg_draft,
         aggregation=args.aggregation or (weights.serving_default("aggregation", "fcn", "mean")
                                          if args.head == "fcn" else "mean"),

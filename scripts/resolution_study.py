@@ -43,7 +43,7 @@ REPO = SCRIPTS.parent
 sys.path[:0] = [str(SCRIPTS), str(REPO / "handlers")]
 
 from image_decoding import decode_views, normalize  # noqa: E402
-from scale_policy import view_sizes  # noqa: E402
+from scale_policy import VIEW_AGGREGATIONS, combine_views, view_sizes  # noqa: E402
 from shape_probe import probe_jpeg  # noqa: E402
 from shapes_dataset import render_example  # noqa: E402
 from vgg_models import AGGREGATIONS, ARCHS, aggregate, load_model, pool_up_to, training_size  # noqa: E402
@@ -52,12 +52,15 @@ from weights import SERVING_SUFFIX, read_state_dict  # noqa: E402
 DEMO_WEIGHTS = REPO / "model_store" / "demo" / "demo-vgg.pth"
 DOCS = REPO / "docs"
 HEADS = ["adaptive"] + [f"fcn-{a}" for a in AGGREGATIONS]
-POLICIES = ("native", "working", "multi")
+POLICIES = ("native", "working", "multi", "multi-max")  # multi: the views' mean; multi-max: each class's best view
 # The multi-scale views' shorter sides, each also mirrored (the VGG paper's Q = S_min .. S_max): where the model is
-# best on whole-picture shapes (112), the fc6 window's own scale (224) and the cost cap (448), where small shapes on
-# large backgrounds keep their pixels. Chosen over (112, 224), (128, 256), (168, 336), (168, 448) and (112, 168, 336)
-# on 100 + 100 pictures per condition of other seeds (5) than the study's, before this study was run.
-MULTI_SCALES = (112, 224, 448)
+# best on whole-picture shapes (112), the fc6 window's own scale (224), and larger scales where small shapes on
+# large backgrounds keep their pixels. Chosen with scripts/multi_scale_choice.py (docs/multi-scale-choice.json) on
+# 100 + 100 pictures per condition of another seed (5) than the study's, before this study was run: with the
+# views' maximum, (112, 224, 448, 672) kept zoom within a point of the best set (worst 96.0 % against 96.5 %
+# for (112, 224)) and lifted the worst canvas condition most among fixed sets (82.0 %; a view at the picture's
+# own size did better, 86.0 %, at a cost that grows with the picture).
+MULTI_SCALES = (112, 224, 448, 672)
 UNIT = 112  # canvas mode: the shape's scale in px (its radius is 16-42 % of it, 18-40 % in the probe)
 MAX_PIXELS, MIN_SIDE = 4_194_304, 32  # the service's defaults
 COST_CAP = 448  # largest working shorter side: a 12 MP photo then costs <= 2x a 448x448 one (the issue's target)
@@ -111,8 +114,9 @@ class Scorer:
 
 def evaluate(scorer: Scorer, bodies: Sequence[Tuple[bytes, int]], sizes_for: Callable, flip: bool,
              reduce_jpeg: bool = True) -> Dict:
-    """Decode every JPEG into its views as the service does, classify, average over views (and mirrors).
-    Returns accuracy per method, the fed sizes, and decode / forward milliseconds per image."""
+    """Decode every JPEG into its views as the service does, classify, combine the views (and mirrors) by their
+    mean and by their maximum (scale_policy.combine_views). Returns accuracy per method for each combination
+    (``accuracy``: the mean, ``accuracy_max_views``), the fed sizes, and decode / forward milliseconds per image."""
     decode_s = forward_s = 0.0
     views_per_image: List[List[torch.Tensor]] = []
     for body, _ in bodies:
@@ -120,9 +124,10 @@ def evaluate(scorer: Scorer, bodies: Sequence[Tuple[bytes, int]], sizes_for: Cal
         views = decode_views(body, sizes_for, 16 * MAX_PIXELS, reduce_jpeg=reduce_jpeg)
         decode_s += time.perf_counter() - started
         views_per_image.append(views + [v.flip(1) for v in views] if flip else views)
-    sums: Dict[str, torch.Tensor] = {}
+    per_view: Dict[str, torch.Tensor] = {}  # method -> (images, views, classes)
     scorer.probabilities(torch.stack(views_per_image[0][:1]))  # untimed: the first pass at a shape pays set-up
-    for position in range(len(views_per_image[0])):  # every image of a condition has the same views
+    count = len(views_per_image[0])
+    for position in range(count):  # every image of a condition has the same views
         group = [views[position] for views in views_per_image]
         height, width = group[0].shape[:2]
         per_pass = max(1, 1_500_000 // (height * width))
@@ -131,10 +136,16 @@ def evaluate(scorer: Scorer, bodies: Sequence[Tuple[bytes, int]], sizes_for: Cal
             out = scorer.probabilities(torch.stack(group[start:start + per_pass]))
             forward_s += time.perf_counter() - started
             for name, rows in out.items():
-                sums.setdefault(name, torch.zeros(len(group), rows.shape[1]))[start:start + len(rows)] += rows
+                per_view.setdefault(name, torch.zeros(len(group), count, rows.shape[1]))[
+                    start:start + len(rows), position] = rows
     labels = torch.tensor([label for _, label in bodies])
-    return {"accuracy": {name: float((total.argmax(1) == labels).float().mean()) for name, total in sums.items()},
-            "predictions": {name: total.argmax(1).tolist() for name, total in sums.items()},
+    combined = {how: {name: torch.stack([combine_views(rows, how) for rows in views]) for name, views in
+                      per_view.items()} for how in VIEW_AGGREGATIONS}
+
+    def accuracy(totals):
+        return {name: float((total.argmax(1) == labels).float().mean()) for name, total in totals.items()}
+    return {"accuracy": accuracy(combined["mean"]), "accuracy_max_views": accuracy(combined["max"]),
+            "predictions": {name: total.argmax(1).tolist() for name, total in combined["mean"].items()},
             "fed": [list(v.shape[:2][::-1]) for v in views_per_image[0][:len(views_per_image[0]) // (2 if flip else 1)]],
             "decode_ms": 1000 * decode_s / len(bodies), "forward_ms": 1000 * forward_s / len(bodies)}
 
@@ -216,6 +227,8 @@ def run_study(args: argparse.Namespace) -> Dict:
                 items = bodies[(row["condition"], row["mode"], source)]
                 multi = lambda w, h: view_sizes(w, h, "native", None, MULTI_SCALES, MAX_PIXELS, MIN_SIDE)  # noqa
                 row[source]["multi"] = evaluate(scorer, items, multi, flip=True)
+                multi_entry = row[source]["multi"]
+                row[source]["multi-max"] = {**multi_entry, "accuracy": multi_entry["accuracy_max_views"]}
                 by_range = {}  # each head under its own working range (one evaluation when they are the same)
                 for head, span in working.items():
                     if span not in by_range:
@@ -230,12 +243,13 @@ def run_study(args: argparse.Namespace) -> Dict:
                                                     by_range[working["fcn"]]["predictions"]["fcn-max"])]
                     row[source]["draft_agreement"] = sum(agree) / len(agree)
             print(f"[working, multi] {row['mode']} {row['condition']}: " + json.dumps(
-                {s: {p: row[s][p]["accuracy"] for p in ("working", "multi")} for s in ("scenes", "probe")}), flush=True)
+                {s: {p: row[s][p]["accuracy"] for p in POLICIES[1:]} for s in ("scenes", "probe")}), flush=True)
     for row in rows:  # the per-image predictions were only needed for the agreement above
         for source in ("scenes", "probe"):
             for entry in row[source].values():
                 if isinstance(entry, dict):
                     entry.pop("predictions", None)
+                    entry.pop("accuracy_max_views", None)
     return {"training_size": train_size, "seed": args.seed, "images": args.images, "large_images": args.large_images,
             "threads": args.threads, "torch": torch.__version__, "machine": f"{platform.machine()} CPU",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "weights": Path(args.weights).name,
@@ -257,13 +271,14 @@ def merge_heads(adaptive: Dict, fcn: Dict) -> Dict:
 
 
 def choose_defaults(rows: List[Dict]) -> Dict[str, Dict[str, str]]:
-    """Each head's defaults: the policy (working range alone, or multi-scale with flip) and, for fcn, the aggregation
-    with the best mean accuracy over zoom and canvas together, held-out scenes and probe alike."""
+    """Each head's defaults: the policy (working range alone, or multi-scale with flip, the views' mean or maximum)
+    and, for fcn, the aggregation with the best mean accuracy over zoom and canvas together, held-out scenes and
+    probe alike."""
     def mean_accuracy(policy, method):
         values = [row[s][policy]["accuracy"][method] for row in rows for s in ("scenes", "probe")]
         return sum(values) / len(values)
-    scores = {"adaptive": {("working", "adaptive"): None, ("multi", "adaptive"): None},
-              "fcn": {(p, f"fcn-{a}"): None for p in ("working", "multi") for a in AGGREGATIONS}}
+    scores = {"adaptive": {(p, "adaptive"): None for p in POLICIES[1:]},
+              "fcn": {(p, f"fcn-{a}"): None for p in POLICIES[1:] for a in AGGREGATIONS}}
     chosen = {}
     for head, candidates in scores.items():
         for policy, method in candidates:
@@ -282,10 +297,12 @@ def write_serving_defaults(results: Dict, weights: Path) -> Path:
                                 f"head keeps >= {NATIVE_FLOOR:.0%} natively on held-out scenes, capped at {COST_CAP} px "
                                 f"for cost",
         "aggregation": {"fcn": results["defaults"]["fcn"]["method"].removeprefix("fcn-")},
-        "scales": {head: ",".join(map(str, results["multi_scales"])) if choice["policy"] == "multi" else ""
+        "scales": {head: ",".join(map(str, results["multi_scales"])) if choice["policy"].startswith("multi") else ""
                    for head, choice in results["defaults"].items()},
-        "flip": {head: "true" if choice["policy"] == "multi" else "false"
+        "flip": {head: "true" if choice["policy"].startswith("multi") else "false"
                  for head, choice in results["defaults"].items()},
+        "view_aggregation": {head: "max" if choice["policy"] == "multi-max" else "mean"
+                             for head, choice in results["defaults"].items()},
     }, indent=1) + "\n")
     return path
 
@@ -303,6 +320,7 @@ def plot(results: Dict, path: Path) -> None:
         x = range(len(rows))
         for method, policy, style in (("adaptive", "native", "C0:"), ("adaptive", "working", "C0-"),
                                       (fcn, "native", "C1:"), (fcn, "working", "C1-"), (fcn, "multi", "C1--"),
+                                      (fcn, "multi-max", "C4-"), ("adaptive", "multi-max", "C0--"),
                                       ("fcn-mean", "native", "C2:")):
             axis.plot(x, [100 * r["scenes"][policy]["accuracy"][method] for r in rows], style, marker="o",
                       markersize=3, label=f"{method}, {policy}")
@@ -343,7 +361,7 @@ def markdown(results: Dict, reading: str) -> str:
     chosen = "; ".join(f"{head}: {choice['policy']}{' ' + choice['method'] if head == 'fcn' else ''} "
                        f"({percent(choice['mean_accuracy'])} % mean)" for head, choice in results["defaults"].items())
     ranges = ", ".join(f"{head} {low}-{high} px" for head, (low, high) in results["working_scale"].items())
-    methods = [("adaptive", "native"), ("adaptive", "working"), ("adaptive", "multi")] + [
+    methods = [("adaptive", p) for p in POLICIES] + [
         (f"fcn-{a}", p) for a in AGGREGATIONS for p in POLICIES]
     tables = []
     for source, title in (("scenes", "Held-out scenes (the training generator's `test` split, JPEG)"),
@@ -359,7 +377,7 @@ def markdown(results: Dict, reading: str) -> str:
                          " | ".join(percent(entry[p]["accuracy"][m]) for m, p in methods) +
                          f" | {percent(entry['resize+crop']['accuracy'])} |")
         tables.append("\n".join(lines))
-    cost = ["| input | native ms | working ms | multi ms | resize+crop ms |", "|---|---:|---:|---:|---:|"]
+    cost = ["| input | native ms | working ms | multi or multi-max ms | resize+crop ms |", "|---|---:|---:|---:|---:|"]
     for r in results["rows"]:
         if r["mode"] != "zoom":
             continue
@@ -390,7 +408,8 @@ scale on a larger background).
 
 **Policies**: `native` feeds the image at its own size (only the 4 MP cap and the 32-px floor apply); `working`
 rescales it into the head's working range of the shorter side ({ranges}, derived below); `multi` feeds views at
-shorter sides {', '.join(map(str, results['multi_scales']))} plus their mirrors and averages the probabilities.
+shorter sides {', '.join(map(str, results['multi_scales']))} plus their mirrors and averages the probabilities;
+`multi-max` feeds the same views and takes each class's best view instead (renormalised).
 **Methods**: `adaptive` (AdaptiveAvgPool2d(7) + FC head), `fcn-mean` / `fcn-max` / `fcn-lse` (the class-score map
 averaged, maxed, log-mean-exp'ed over positions), and `resize+crop` (shorter side to 8/7 x {results['training_size']},
 centre crop {results['training_size']}, the classic baseline).

@@ -121,9 +121,11 @@ def start(arch: str) -> int:
     print(f"\n[serve] ready: {', '.join(names)} at {server.url('inference')}")
     for name in names:
         print(f"  curl {auth}-T {sample} {server.url('inference')}/predictions/{name}")
-    print(f"  curl {auth}-H 'X-Topk: 3' -H 'X-Flip: false' -T {sample} {server.url('inference')}/predictions/{names[-1]}")
+    print(f"  curl {auth}-H 'X-Topk: 3' -H 'X-Flip: false' -T {sample} "
+          f"{server.url('inference')}/predictions/{names[-1]}")
     print(f"  ({sample.name} is a {truth} drawn at 640x480; any JPEG/PNG/WebP/GIF/BMP/TIFF of any size is accepted;"
-          " options as headers X-Topk, X-Scale-Policy, X-Scales, X-Flip, X-Aggregation; `make stop` stops the server)\n", flush=True)
+          " options as headers X-Topk, X-Scale-Policy, X-Scales, X-Flip, X-View-Aggregation, X-Aggregation;"
+          " `make stop` stops the server)\n", flush=True)
     return 0
 
 

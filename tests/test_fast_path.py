@@ -3,10 +3,8 @@ torch.compile with a bounded number of sizes, opt-in size buckets, and the per-s
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +19,6 @@ from size_buckets import nearest_bucket, parse_sizes, resize_to_bucket
 from stage_metrics import COUNT_METRICS, STAGE_METRICS
 from vgg_handler import SizeAgnosticVGGHandler
 
-DEMO = Path(__file__).resolve().parent.parent / "model_store" / "demo"
 MAX_PIXELS, MIN_SIDE, BOMB = 4_194_304, 32, 16
 
 

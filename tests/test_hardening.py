@@ -110,7 +110,7 @@ def test_the_corpus_sent_with_every_option_gets_the_same_answers(server, referen
     """The per-request options path (working range, multi-scale views, mirrors, another aggregation) meets the
     same bad inputs: every case keeps its documented status and error, and the good image's answer is unchanged."""
     options = {"X-Scale-Policy": "working", "X-Scales": "64,160", "X-Flip": "true", "X-Aggregation": "max",
-               "X-Topk": "3"}
+               "X-View-Aggregation": "max", "X-Topk": "3"}
     for case in CASES:
         kwargs = case.request_kwargs()
         started = time.monotonic()

@@ -25,8 +25,9 @@ def test_no_options_means_the_archive_defaults():
 
 def test_every_option_is_read_from_bytes_or_text():
     options = parse({"body": b"", "topk": b"3", "scale_policy": "native", "scales": b"224, 448", "flip": b"TRUE",
-                     "aggregation": b"lse"})
-    assert options == RequestOptions(topk=3, scale_policy="native", scales=(224, 448), flip=True, aggregation="lse")
+                     "aggregation": b"lse", "view_aggregation": b"max"})
+    assert options == RequestOptions(topk=3, scale_policy="native", scales=(224, 448), flip=True, aggregation="lse",
+                                     view_aggregation="max")
     assert parse({"scales": b"none", "flip": b"0"}).scales == () and parse({"flip": b"off"}).flip is False
 
 
@@ -37,6 +38,7 @@ def test_every_option_is_read_from_bytes_or_text():
     ({"scale_policy": b"zoom"}, "scale_policy"), ({"scales": b"224,abc"}, "scales"), ({"scales": b"16"}, "scales"),
     ({"scales": b"5000"}, "scales"), ({"scales": b"64,96,128,160,192,224,256"}, "scales"),
     ({"flip": b"maybe"}, "flip"), ({"aggregation": b"median"}, "aggregation"),
+    ({"view_aggregation": b"lse"}, "view_aggregation"),
 ])
 def test_a_bad_value_is_a_400_naming_the_option_and_its_allowed_values(row, option):
     with pytest.raises(RequestError) as raised:
@@ -50,11 +52,13 @@ def test_a_bad_value_is_a_400_naming_the_option_and_its_allowed_values(row, opti
 def test_options_travel_as_headers_in_any_case_and_a_parameter_wins_over_its_header():
     """Headers are what TorchServe hands over on /predictions/ (it drops the query string there)."""
     headers = {"x-topk": "3", "X-SCALE-POLICY": "native", "X-Scales": "224,448", "x-flip": "yes",
-               "X-Aggregation": "max", "User-Agent": "curl/8", "body": {"content-type": "image/jpeg"}}
+               "X-Aggregation": "max", "x-view-aggregation": "max", "User-Agent": "curl/8",
+               "body": {"content-type": "image/jpeg"}}
     options = parse_options({"body": b""}, FCN, 10, ignore=BODY_FIELDS, headers=headers)
-    assert options == RequestOptions(topk=3, scale_policy="native", scales=(224, 448), flip=True, aggregation="max")
+    assert options == RequestOptions(topk=3, scale_policy="native", scales=(224, 448), flip=True, aggregation="max",
+                                     view_aggregation="max")
     assert parse_options({"topk": b"2"}, FCN, 10, headers={"X-Topk": "4"}).topk == 2
-    assert [option_header(name) for name in ("topk", "scale_policy")] == ["X-Topk", "X-Scale-Policy"]
+    assert [option_header(name) for name in ("topk", "view_aggregation")] == ["X-Topk", "X-View-Aggregation"]
     with pytest.raises(RequestError) as raised:
         parse_options({}, FCN, 10, headers={"X-Flip": "sometimes"})
     assert raised.value.to_json()["option"] == "flip"

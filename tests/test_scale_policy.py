@@ -16,7 +16,7 @@ from PIL import Image
 from handler_config import HandlerOptions
 from helpers import MockContext, demo_model_dir, encode, make_photo, to_input
 from image_decoding import decode_views, network_size
-from scale_policy import parse_range, parse_scales, view_sizes, working_size
+from scale_policy import combine_views, parse_range, parse_scales, view_sizes, working_size
 from vgg_handler import SizeAgnosticVGGHandler
 from vgg_models import AGGREGATIONS, aggregate, load_model
 from weights import read_state_dict
@@ -177,6 +177,25 @@ def test_multi_scale_is_the_mean_of_the_single_scale_probabilities(demo_dir):
     alone = [distribution(answer(handler, body, scales=str(s))) for s in (64, 96, 160)]
     assert torch.allclose(together, sum(alone) / 3, atol=1e-5)
     assert not torch.allclose(alone[0], alone[2], atol=1e-3)  # the scales do disagree, so the mean means something
+
+
+def test_the_views_maximum_is_each_classs_best_view_renormalised(demo_dir):
+    handler = make_handler(demo_dir, aggregation="max", view_aggregation="max")
+    body = encode(make_photo(300, 200, seed=6), "PNG")
+    response = answer(handler, body, scales="64,96,160")
+    assert response["view_aggregation"] == "max"
+    alone = torch.stack([distribution(answer(handler, body, scales=str(s))) for s in (64, 96, 160)])
+    best = alone.max(0).values
+    assert torch.allclose(distribution(response), best / best.sum(), atol=1e-5)
+    mean = distribution(answer(handler, body, scales="64,96,160", view_aggregation="mean"))
+    assert torch.allclose(mean, alone.mean(0), atol=1e-5) and not torch.allclose(mean, best / best.sum(), atol=1e-3)
+
+
+def test_combining_views_by_an_unknown_rule_is_refused():
+    with pytest.raises(ValueError):
+        combine_views(torch.ones(2, 3) / 3, "median")
+    with pytest.raises(ValueError):
+        HandlerOptions(arch="demo", head="fcn", view_aggregation="median")
 
 
 def test_flip_averages_the_image_and_its_mirror(demo_dir):

@@ -113,6 +113,37 @@ def test_builder_uses_cached_imagenet_weights_in_torchvisions_legacy_format(empt
     handler = archive_contents(tmp_path / "my-model.mar")["config"]["handler"]
     assert handler["weights"].startswith("imagenet") and handler["trained"] is True
     assert handler["weights_file"] == "vgg11-8a719046.pth"
+    assert handler["working_scale"] == "256-512" and "not measured here" in handler["working_scale_source"]
+
+
+def test_the_builder_takes_serving_defaults_from_beside_the_weights_and_flags_override_them(vgg11_weights_file,
+                                                                                             tmp_path, capsys):
+    mine = tmp_path / "mine.pth"
+    mine.symlink_to(vgg11_weights_file)
+    sidecar = tmp_path / "mine.serving.json"
+    sidecar.write_text(json.dumps({"working_scale": "64-160", "working_scale_source": "measured by us",
+                                   "aggregation": {"fcn": "max"}, "scales": {"adaptive": "", "fcn": "96,192"},
+                                   "flip": {"fcn": "true"}, "view_aggregation": {"fcn": "max"}}))
+
+    def handler_section(*flags, head="fcn"):
+        assert build_archive.main(["--arch", "vgg11", "--head", head, "--weights", str(mine), "--name", "m",
+                                   "--export-path", str(tmp_path), *flags]) == 0, capsys.readouterr().err
+        return archive_contents(tmp_path / "m.mar")["config"]["handler"]
+
+    fcn = handler_section()
+    assert (fcn["working_scale"], fcn["working_scale_source"], fcn["aggregation"]) == ("64-160", "measured by us", "max")
+    assert (fcn["scales"], fcn["flip"], fcn["view_aggregation"]) == ("96,192", True, "max")
+    adaptive = handler_section(head="adaptive")
+    assert (adaptive["scales"], adaptive["flip"], adaptive["view_aggregation"]) == ("", False, "mean")
+    assert adaptive["aggregation"] == "mean"
+    overridden = handler_section("--scales", "none", "--no-flip", "--view-aggregation", "mean", "--aggregation",
+                                 "lse", "--working-scale", "48-96")
+    assert (overridden["scales"], overridden["flip"], overridden["view_aggregation"]) == ("none", False, "mean")
+    assert overridden["aggregation"] == "lse" and overridden["working_scale"] == "48-96"
+    sidecar.write_text(json.dumps({"scales": [96, 192]}))
+    assert build_archive.main(["--arch", "vgg11", "--head", "fcn", "--weights", str(mine), "--name", "m",
+                               "--export-path", str(tmp_path)]) == 2
+    assert "mine.serving.json" in capsys.readouterr().err
 
 
 def test_builder_refuses_weights_of_another_architecture(vgg11_weights_file, tmp_path, capsys):
