@@ -159,8 +159,8 @@ def test_builder_fails_clearly_when_imagenet_weights_are_unavailable(empty_hub, 
     assert not (tmp_path / "vgg13-fcn.mar").exists()
 
 
-def test_builder_reads_custom_labels_for_any_class_count(tmp_path):
-    state = weights.read_state_dict(random_weights("vgg11", 0, tmp_path).path)
+def test_builder_reads_custom_labels_for_any_class_count(vgg11_state_dict, tmp_path):
+    state = dict(vgg11_state_dict)  # the session's weights, with a three-class fc8
     state["classifier.6.weight"] = state["classifier.6.weight"][:3].clone()
     state["classifier.6.bias"] = state["classifier.6.bias"][:3].clone()
     torch.save(state, tmp_path / "three.pth")
