@@ -69,7 +69,7 @@ train-demo: $(INSTALLED)
 	$(PY) scripts/train_demo.py
 
 # Accuracy and time versus input size for every head, aggregation and scale policy, on held-out scenes and an
-# independent probe (about 16 minutes on 2 cores; writes docs/resolution-study.* and
+# independent probe (about 30 minutes on 2 cores; writes docs/resolution-study.* and
 # model_store/demo/demo-vgg.serving.json).
 study: $(INSTALLED)
 	$(PY) scripts/resolution_study.py

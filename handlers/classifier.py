@@ -117,15 +117,23 @@ class ImageClassifier:
 
     def sizes_for(self, request: RequestOptions):
         """The sizes an image is fed at under ``request``: a function of the upright image's width and height.
-        It refuses (400) views whose pixels add up to more than VIEW_BUDGET x max_pixels: one request's scales and
-        mirrors must not turn into a dozen full-size passes that other requests of the batch wait for."""
+        Views whose pixels add up to more than VIEW_BUDGET x max_pixels are refused (400) when the request asked
+        for those scales or mirrors: one request must not turn into a dozen full-size passes that other requests
+        of the batch wait for. Under the archive's own defaults the largest views are dropped instead (a
+        panorama's views at large scales are huge), and the response's ``scales`` says what was fed."""
         options = self.options
+        budget = VIEW_BUDGET * options.max_pixels
+        asked = (request.scales, request.flip) != (self.defaults.scales, self.defaults.flip)
+
+        def pixels_of(planned):
+            return sum(w * h for w, h in planned) * (2 if request.flip else 1)
 
         def sizes(width: int, height: int):
             planned = view_sizes(width, height, request.scale_policy, options.working_range, request.scales,
                                  options.max_pixels, options.min_side)
-            pixels = sum(w * h for w, h in planned) * (2 if request.flip else 1)
-            if pixels > VIEW_BUDGET * options.max_pixels:
+            while not asked and len(planned) > 1 and pixels_of(planned) > budget:
+                planned.remove(max(planned, key=lambda size: size[0] * size[1]))
+            if pixels_of(planned) > budget:
                 raise bad_option("scales", f"views of at most {VIEW_BUDGET} x max_pixels = "
                                            f"{VIEW_BUDGET * options.max_pixels} pixels in all for this image, mirrors "
                                            f"included", ",".join(map(str, request.scales)) or "none")

@@ -40,7 +40,7 @@ class HandlerOptions:
     working_scale: str = ""  # LOW-HIGH: shorter sides the weights were trained for; "": none declared (= native)
     working_scale_source: str = ""  # where that range comes from (a measurement, or the literature)
     scales: str = ""  # SIDE,...: multi-scale evaluation at these shorter sides; "": one view
-    flip: bool = False  # also classify the mirrored image and average the probabilities
+    flip: bool = False  # also classify the mirrored image (combined like the other views: view_aggregation)
     view_aggregation: str = "mean"  # how an image's views and mirrors become one answer (scale_policy)
     aggregation: str = "mean"  # fcn head: how the class-score map becomes one score per class (vgg_models)
     jpeg_draft: bool = True  # decode a JPEG fed well below its size at 1/2, 1/4 or 1/8 scale (image_decoding)

@@ -99,6 +99,9 @@ def parse_options(row: Mapping[str, Any], defaults: RequestOptions, num_classes:
     options = {"ignored": tuple(sorted(str(key)[:64] for key in row if key not in OPTION_NAMES and key not in ignore))}
     given = {**options_from_headers(headers or {}), **{name: row[name] for name in OPTION_NAMES if name in row}}
     values = {name: as_text(value).strip() for name, value in given.items()}
+    for name in ("scale_policy", "view_aggregation", "aggregation"):  # names, in any case, like flip's and scales'
+        if name in values:
+            values[name] = values[name].lower()
     if "topk" in values:
         text = values["topk"]
         if not is_small_number(text) or not 1 <= int(text) <= num_classes:
@@ -130,10 +133,12 @@ def parse_options(row: Mapping[str, Any], defaults: RequestOptions, num_classes:
 def request_scales(text: str) -> Tuple[int, ...]:
     allowed = (f"'none' or up to {MAX_SCALES} shorter sides in pixels ({SCALE_LIMITS[0]}-{SCALE_LIMITS[1]}), "
                f"comma-separated, e.g. 224,448")
+    if len(text) > 200:  # six sides of four digits need 29 characters; refuse, do not parse a cut-off prefix
+        raise bad_option("scales", allowed, text[:200] + "...")
     try:
-        scales = parse_scales(text[:200])
+        scales = parse_scales(text)
     except ValueError:
-        raise bad_option("scales", allowed, text[:200]) from None
+        raise bad_option("scales", allowed, text) from None
     if len(scales) > MAX_SCALES or any(not SCALE_LIMITS[0] <= s <= SCALE_LIMITS[1] for s in scales):
         raise bad_option("scales", allowed, text)
     return scales

@@ -141,6 +141,9 @@ def file_weights(path: Path) -> WeightsFile:
     if not isinstance(serving, dict) or not all(text_or_per_head(serving.get(key, "")) for key in SERVING_KEYS):
         raise WeightsUnavailable(f"{sidecar}: expected {', '.join(SERVING_KEYS)}, each a text or a {{HEAD: text}} "
                                  f"map")
+    flips = serving.get("flip", "")
+    if any(value not in ("", "true", "false") for value in (flips.values() if isinstance(flips, dict) else [flips])):
+        raise WeightsUnavailable(f"{sidecar}: flip must be \"true\" or \"false\", not {flips!r}")
     return WeightsFile(path, f"file {path.name}", True, serving=serving)
 
 

@@ -88,7 +88,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     scale.add_argument("--scales", default=None, help="SIDE,... or none: multi-scale evaluation at these shorter "
                                                       "sides (default: the weights' own, else one view)")
     scale.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                       help="also classify the mirrored image and average (default: the weights' own, else no)")
+                       help="also classify the mirrored image (default: the weights' own, else no)")
     scale.add_argument("--view-aggregation", choices=VIEW_AGGREGATIONS, default=None,
                        help="how an image's views and mirrors become one answer: mean or each class's best view "
                             "(default: the weights' own, else mean)")

@@ -29,6 +29,8 @@ def test_every_option_is_read_from_bytes_or_text():
     assert options == RequestOptions(topk=3, scale_policy="native", scales=(224, 448), flip=True, aggregation="lse",
                                      view_aggregation="max")
     assert parse({"scales": b"none", "flip": b"0"}).scales == () and parse({"flip": b"off"}).flip is False
+    upper = parse({"scale_policy": b"Native", "view_aggregation": b"MAX", "aggregation": b"Lse"})
+    assert (upper.scale_policy, upper.view_aggregation, upper.aggregation) == ("native", "max", "lse")
 
 
 @pytest.mark.parametrize("row,option", [
@@ -38,7 +40,7 @@ def test_every_option_is_read_from_bytes_or_text():
     ({"scale_policy": b"zoom"}, "scale_policy"), ({"scales": b"224,abc"}, "scales"), ({"scales": b"16"}, "scales"),
     ({"scales": b"5000"}, "scales"), ({"scales": b"64,96,128,160,192,224,256"}, "scales"),
     ({"flip": b"maybe"}, "flip"), ({"aggregation": b"median"}, "aggregation"),
-    ({"view_aggregation": b"lse"}, "view_aggregation"),
+    ({"view_aggregation": b"lse"}, "view_aggregation"), ({"scales": b"224" + b" " * 300 + b",junk"}, "scales"),
 ])
 def test_a_bad_value_is_a_400_naming_the_option_and_its_allowed_values(row, option):
     with pytest.raises(RequestError) as raised:

@@ -179,6 +179,12 @@ def test_multi_scale_is_the_mean_of_the_single_scale_probabilities(demo_dir):
     assert not torch.allclose(alone[0], alone[2], atol=1e-3)  # the scales do disagree, so the mean means something
 
 
+def test_a_panorama_under_the_archive_defaults_drops_its_largest_views_instead_of_being_refused(demo_dir):
+    handler = make_handler(demo_dir, scales="112,224,448,672", flip="true", view_aggregation="max")
+    response = answer(handler, encode(make_photo(1600, 100, seed=3), "PNG"))
+    assert response["scales"] == [[112, 1792], [224, 3584], [448, 7168]]  # with the 672 view: over 4 x max_pixels
+
+
 def test_the_views_maximum_is_each_classs_best_view_renormalised(demo_dir):
     handler = make_handler(demo_dir, aggregation="max", view_aggregation="max")
     body = encode(make_photo(300, 200, seed=6), "PNG")

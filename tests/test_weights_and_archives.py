@@ -140,10 +140,11 @@ def test_the_builder_takes_serving_defaults_from_beside_the_weights_and_flags_ov
                                  "lse", "--working-scale", "48-96")
     assert (overridden["scales"], overridden["flip"], overridden["view_aggregation"]) == ("none", False, "mean")
     assert overridden["aggregation"] == "lse" and overridden["working_scale"] == "48-96"
-    sidecar.write_text(json.dumps({"scales": [96, 192]}))
-    assert build_archive.main(["--arch", "vgg11", "--head", "fcn", "--weights", str(mine), "--name", "m",
-                               "--export-path", str(tmp_path)]) == 2
-    assert "mine.serving.json" in capsys.readouterr().err
+    for bad in ({"scales": [96, 192]}, {"flip": {"fcn": "yes"}}):
+        sidecar.write_text(json.dumps(bad))
+        assert build_archive.main(["--arch", "vgg11", "--head", "fcn", "--weights", str(mine), "--name", "m",
+                                   "--export-path", str(tmp_path)]) == 2
+        assert "mine.serving.json" in capsys.readouterr().err
 
 
 def test_builder_refuses_weights_of_another_architecture(vgg11_weights_file, tmp_path, capsys):
