@@ -40,7 +40,6 @@ OPTION_NAMES = ("topk", "scale_policy", "scales", "flip", "view_aggregation", "a
 MAX_SCALES = 6
 SCALE_LIMITS = (32, 4096)
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-HEADER_PREFIX = "x-"
 
 
 def option_header(name: str) -> str:
@@ -108,26 +107,28 @@ def parse_options(row: Mapping[str, Any], defaults: RequestOptions, num_classes:
             raise bad_option("topk", f"an integer from 1 to {num_classes}", text[:200])
         options["topk"] = int(text)
     if "scale_policy" in values:
-        if values["scale_policy"] not in POLICIES:
-            raise bad_option("scale_policy", " or ".join(POLICIES), values["scale_policy"][:200])
-        options["scale_policy"] = values["scale_policy"]
+        options["scale_policy"] = one_of("scale_policy", values["scale_policy"], POLICIES, " or ".join(POLICIES))
     if "scales" in values:
         options["scales"] = request_scales(values["scales"])
     if "flip" in values:
         options["flip"] = parse_bool("flip", values["flip"])
     if "view_aggregation" in values:
-        if values["view_aggregation"] not in VIEW_AGGREGATIONS:
-            raise bad_option("view_aggregation", " or ".join(VIEW_AGGREGATIONS), values["view_aggregation"][:200])
-        options["view_aggregation"] = values["view_aggregation"]
+        options["view_aggregation"] = one_of("view_aggregation", values["view_aggregation"], VIEW_AGGREGATIONS,
+                                             " or ".join(VIEW_AGGREGATIONS))
     if "aggregation" in values:
         if defaults.aggregation is None:
             raise bad_option("aggregation", "left out: this archive's adaptive head has no class-score map to "
                                             "aggregate (the fcn head's archives take mean, max or lse)",
                              values["aggregation"][:200])
-        if values["aggregation"] not in AGGREGATIONS:
-            raise bad_option("aggregation", "one of " + ", ".join(AGGREGATIONS), values["aggregation"][:200])
-        options["aggregation"] = values["aggregation"]
+        options["aggregation"] = one_of("aggregation", values["aggregation"], AGGREGATIONS,
+                                        "one of " + ", ".join(AGGREGATIONS))
     return RequestOptions(**{**defaults.__dict__, **options})
+
+
+def one_of(name: str, value: str, choices: Tuple[str, ...], allowed: str) -> str:
+    if value not in choices:
+        raise bad_option(name, allowed, value[:200])
+    return value
 
 
 def request_scales(text: str) -> Tuple[int, ...]:
