@@ -26,6 +26,8 @@ HEADS = ("adaptive", "fcn")
 # How the fcn head turns its class-score map (N, classes, H', W') into one score per class:
 # mean - the VGG paper's dense evaluation; max - each class scored by its best window (a small object on a large
 # background); lse - log-mean-exp over positions, between the two (mean for flat maps, max for one strong window).
+# Top-k means, colder log-sum-exps and the best position's probability were measured too and beat max by no more
+# than noise (docs/aggregation-choice.json), so they are not offered.
 AGGREGATIONS = ("mean", "max", "lse")
 
 # Conv layouts from the VGG paper (configurations A, B, D, E); "M" is a 2x2 max pool.
