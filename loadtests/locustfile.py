@@ -1,33 +1,31 @@
 """Locust load test for /predictions/<model>: closed-loop users POST cached images of one workload profile.
 
-Run through `make loadtest` (scripts/loadtest.py adds the report), or directly, e.g.
+Run through `make loadtest` (loadtests/loadtest.py adds the report), or directly, e.g.
 
     locust -f loadtests/locustfile.py --headless -u 4 -r 2 -t 30s --host http://127.0.0.1:8080 \
         --model demo-fcn --workload mixed
 
 Each resolution class is its own request name, so Locust's statistics give latency per resolution. A request
 counts as failed unless it gets 200 with a JSON body holding predictions. With --bad-share P, a request is with
-probability P a case of the hostile corpus (scripts/hostile_corpus.py) instead, and fails unless it gets the
-answer documented for that case (the soak, scripts/soak.py, uses this). With token authorization on, the key is
+probability P a case of the hostile corpus (anysize_tools/hostile_corpus.py) instead, and fails unless it gets the
+answer documented for that case (the soak, loadtests/soak.py, uses this). With token authorization on, the key is
 read from --key-file (TorchServe's key_file.json; `make serve` writes .serve/key_file.json) or TS_INFERENCE_KEY.
 """
 
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 from locust import FastHttpUser, constant, events, task
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from anysize_tools.hostile_corpus import Case, cases
+from anysize_tools.paths import SERVE_DIR
+from anysize_tools.torchserve import inference_key
+from anysize_tools.workloads import DEFAULT_CACHE, PROFILES, CachedImage, load_images
 
-from workloads import DEFAULT_CACHE, PROFILES, CachedImage, load_images  # noqa: E402  (puts scripts/ on the path)
-from torchserve_runner import inference_key  # noqa: E402
-from hostile_corpus import Case, cases  # noqa: E402
-
-DEFAULT_KEY_FILE = Path(__file__).resolve().parent.parent / ".serve" / "key_file.json"
+DEFAULT_KEY_FILE = SERVE_DIR / "key_file.json"
 
 
 @events.init_command_line_parser.add_listener

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import build_archive
 from helpers import test_state_dict, torchvision_model
-from torchserve_runner import TorchServe
-from vgg_models import HEADS
+
+from anysize.vgg_models import HEADS
+from anysize_tools.archive import build, demo_spec
+from anysize_tools.torchserve import TorchServe
 
 TEST_ARCH = "vgg11"  # the smallest VGG keeps CPU inference in the tests fast
 DEMO = Path(__file__).resolve().parent.parent / "model_store" / "demo"
@@ -39,9 +39,7 @@ def vgg11_reference(vgg11_state_dict):
 def demo_server(tmp_path_factory):
     store = tmp_path_factory.mktemp("demo_store")
     for head in HEADS:
-        build_archive.build(build_archive.parse_args([
-            "--arch", "demo", "--head", head, "--weights", str(DEMO / "demo-vgg.pth"), "--labels",
-            str(DEMO / "labels.json"), "--name", f"demo-{head}", "--export-path", str(store)]))
+        build(demo_spec(head, store))
     server = TorchServe(tmp_path_factory.mktemp("demo_ts"), store, [f"demo-{h}=demo-{h}.mar" for h in HEADS],
                         free_ports=True).start()
     try:

@@ -15,20 +15,19 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import torch
-
-import build_archive
-import numpy as np
+from helpers import to_input
 from PIL import Image
 
-from helpers import to_input
-from scale_policy import parse_range, parse_scales, view_sizes
-from shape_probe import probe_jpeg
-from shapes_dataset import CLASSES, render_example
-from vgg_models import HEADS, aggregate, load_model
-from weights import read_state_dict
+from anysize.scale_policy import parse_range, parse_scales, view_sizes
+from anysize.vgg_models import HEADS, aggregate, load_model
+from anysize.weights import read_state_dict
+from anysize_tools.archive import ArchiveSpec, build
+from anysize_tools.shape_probe import probe_jpeg
+from anysize_tools.shapes import CLASSES, render_example
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "model_store" / "demo"
@@ -77,7 +76,7 @@ def test_the_demo_model_ships_small_with_labels_card_and_serving_defaults():
     assert weights.is_file() and weights.stat().st_size <= 8 * 1024 * 1024
     assert json.loads((DEMO / "labels.json").read_text()) == CLASSES
     card = (DEMO / "MODEL_CARD.md").read_text()
-    assert "scripts/train_demo.py" in card and "seed" in card and "curriculum" in card
+    assert "scripts/research/train_demo.py" in card and "seed" in card and "curriculum" in card
     study = json.loads(STUDY.read_text())
     for head in HEADS:
         low, high = study["working_scale"][head]
@@ -196,7 +195,7 @@ def test_training_is_deterministic_on_a_tiny_run(tmp_path):
 
     runs = []
     for name in ("a", "b"):
-        subprocess.run([sys.executable, str(REPO / "scripts" / "train_demo.py"), "--steps", "4", "--report-every", "2",
+        subprocess.run([sys.executable, str(REPO / "scripts" / "research" / "train_demo.py"), "--steps", "4", "--report-every", "2",
                         "--val-images", "4", "--output", str(tmp_path / name)], check=True, capture_output=True)
         runs.append(read_state_dict(tmp_path / name / "demo-vgg.pth"))
     assert runs[0].keys() == runs[1].keys()
@@ -208,12 +207,11 @@ def test_make_serve_builds_trained_demo_archives_and_rebuilds_impostors(tmp_path
 
     import yaml
 
-    import serve
+    from anysize_tools import serve
 
     monkeypatch.setattr(serve, "MODEL_STORE", tmp_path)
     # an archive of the default name holding random weights, newer than everything: must not be served as is
-    build_archive.build(build_archive.parse_args(["--arch", "demo", "--head", "fcn", "--weights", "random",
-                                                  "--name", "demo-fcn", "--export-path", str(tmp_path)]))
+    build(ArchiveSpec(arch="demo", head="fcn", weights="random", name="demo-fcn", export_path=tmp_path))
     assert serve.demo_archives() == ["demo-adaptive", "demo-fcn"]
     for head in HEADS:
         with zipfile.ZipFile(tmp_path / f"demo-{head}.mar") as mar:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import build_archive
+from anysize_tools import archive as build_archive
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -83,16 +83,17 @@ def test_overlays_choose_the_hardware_precision_and_autoscaling_signal(overlay):
     serve = next(c for c in pod["containers"] if c["name"] == "serve")
     flags = pod["initContainers"][0]["env"][0]["value"]
     # The flags are the builder's own: parse them exactly as the init container's command line does.
-    args = build_archive.parse_args(["--arch", "demo", "--head", "fcn", "--weights", "x", *shlex.split(flags)])
+    spec = build_archive.parse_args(["--arch", "demo", "--head", "fcn", "--weights", "x", *shlex.split(flags)])
+    handler = {name: spec.handler.get(name, field.default) for name, field in build_archive.HANDLER_FIELDS.items()}
     metrics = find(objects, "HorizontalPodAutoscaler", "vgg-serve")["spec"]["metrics"]
     gpus = serve["resources"]["limits"].get("nvidia.com/gpu")
     if name == "gpu":
         assert gpus == 1 and serve["resources"]["requests"]["nvidia.com/gpu"] == 1
-        assert (args.precision, args.channels_last, args.max_workers) == ("bf16", True, 2)
+        assert (handler["precision"], handler["channels_last"], spec.max_workers) == ("bf16", True, 2)
         assert metrics[0]["type"] == "Pods" and "queue" in metrics[0]["pods"]["metric"]["name"]
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     else:
-        assert gpus is None and args.precision == "fp32"
+        assert gpus is None and handler["precision"] == "fp32"
         assert metrics[0]["resource"]["name"] == "cpu"
 
 

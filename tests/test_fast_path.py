@@ -9,15 +9,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import MockContext, demo_model_dir, encode, make_photo
 from PIL import Image
 
-from helpers import MockContext, demo_model_dir, encode, make_photo
-from image_decoding import (decode_image, decode_jpeg_batch, decode_pixels, is_plain_jpeg, network_size,
-                            open_image, resize_to_contract, to_rgb)
-from request_errors import RequestError
-from size_buckets import nearest_bucket, parse_sizes, resize_to_bucket
-from stage_metrics import COUNT_METRICS, STAGE_METRICS
-from vgg_handler import SizeAgnosticVGGHandler
+from anysize.handler import SizeAgnosticVGGHandler
+from anysize.image_decoding import (decode_image, decode_jpeg_batch, decode_pixels, is_plain_jpeg, network_size,
+                                    open_image, resize_to_contract, to_rgb)
+from anysize.request_errors import RequestError
+from anysize.size_buckets import nearest_bucket, parse_sizes, resize_to_bucket
+from anysize.stage_metrics import COUNT_METRICS, STAGE_METRICS
 
 MAX_PIXELS, MIN_SIDE, BOMB = 4_194_304, 32, 16
 
@@ -146,7 +146,7 @@ def count_passes(handler):
 
 def spy_on_batched_decoding(monkeypatch):
     """Record every call of the batched decoder as (number of bodies, decoded or the exception's name)."""
-    import classifier as classifier_module
+    from anysize import classifier as classifier_module
 
     calls, real = [], classifier_module.decode_jpeg_batch
 
@@ -254,8 +254,8 @@ def test_buckets_let_different_sizes_share_a_forward_pass(demo_handler):
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None, reason="inductor needs a C++ compiler")
 def test_compiled_model_answers_like_eager_and_compiles_only_warm_up_sizes_within_the_bound(demo_handler):
     """The slowest test here (tens of seconds): torch.compile for real, on the demo model."""
-    from compiled_model import SizeBoundedCompile
-    from vgg_models import ScoreMap
+    from anysize.compiled_model import SizeBoundedCompile
+    from anysize.vgg_models import ScoreMap
 
     model = demo_handler().classifier.model
     compiled = SizeBoundedCompile(ScoreMap(model), max_sizes=1)  # what an fcn archive compiles and serves

@@ -8,10 +8,10 @@ import os
 import pytest
 import torch
 import yaml
-
 from helpers import MockContext, decode_rgb, encode, make_photo, reference_probabilities
-from vgg_handler import SizeAgnosticVGGHandler, request_body
-from weights import imagenet_categories
+
+from anysize.handler import SizeAgnosticVGGHandler, request_body
+from anysize.weights import imagenet_categories
 
 
 def handler_config(head, **options):
@@ -116,7 +116,7 @@ def test_request_body_prefers_data_then_file_then_raw_body():
 
 
 def test_model_config_written_by_the_builder_is_accepted(tmp_path):
-    from handler_config import HandlerOptions
+    from anysize.handler_config import HandlerOptions
 
     options = HandlerOptions.from_mapping({"arch": "vgg16", "head": "fcn", "channels_last": "true", "topk": 3})
     assert options.channels_last is True and options.topk == 3 and options.precision == "fp32"
@@ -152,7 +152,7 @@ def test_non_finite_scores_are_an_error_not_invalid_json(handler, monkeypatch):
 
 
 def test_a_cuda_error_ends_the_worker_so_torchserve_starts_a_fresh_one(handler, monkeypatch):
-    import classifier
+    from anysize import classifier
 
     def broken(pixels):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -182,7 +182,7 @@ def test_out_of_memory_fails_only_the_images_of_that_forward_pass(handler, monke
 
 
 def test_cpu_threads_split_the_cores_between_workers(model_dir):
-    from vgg_handler import cpu_threads
+    from anysize.handler import cpu_threads
 
     cores = len(os.sched_getaffinity(0))
     assert cpu_threads(0, 1) == cores
@@ -201,7 +201,7 @@ def test_cpu_threads_split_the_cores_between_workers(model_dir):
 
 
 def test_cpu_threads_respect_a_container_cpu_limit(tmp_path, monkeypatch):
-    import vgg_handler
+    from anysize import handler as vgg_handler
 
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text("150000 100000\n")  # a limit of 1.5 CPUs

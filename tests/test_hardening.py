@@ -20,9 +20,9 @@ import psutil
 import pytest
 import requests
 
-import build_archive
-from hostile_corpus import cases, picture, saved
-from torchserve_runner import TorchServe
+from anysize_tools.archive import build, demo_spec
+from anysize_tools.hostile_corpus import cases, picture, saved
+from anysize_tools.torchserve import TorchServe
 
 pytestmark = pytest.mark.integration
 
@@ -37,11 +37,8 @@ def server(tmp_path_factory):
     """demo-fcn batches up to 4 requests within 300 ms; demo-adaptive is the one the memory test starves."""
     store = tmp_path_factory.mktemp("hardening_store")
     for head, batch, delay in (("fcn", 4, 300), ("adaptive", 1, 1)):
-        build_archive.build(build_archive.parse_args([
-            "--arch", "demo", "--head", head, "--weights", str(DEMO / "demo-vgg.pth"), "--labels",
-            str(DEMO / "labels.json"), "--name", f"demo-{head}", "--export-path", str(store), "--batch-size",
-            str(batch), "--max-batch-delay", str(delay), "--response-timeout", str(RESPONSE_TIMEOUT),
-            "--scale-policy", "native", "--scales", "none", "--no-flip"]))  # the corpus's input sizes: plain contract
+        build(demo_spec(head, store, batch_size=batch, max_batch_delay=delay, response_timeout=RESPONSE_TIMEOUT,
+                        handler={"scale_policy": "native", "scales": "", "flip": False}))  # the corpus's sizes as sent
     instance = TorchServe(tmp_path_factory.mktemp("hardening_ts"), store,
                           ["demo-fcn=demo-fcn.mar", "demo-adaptive=demo-adaptive.mar"], free_ports=True).start()
     try:
@@ -262,7 +259,7 @@ def test_out_of_memory_in_the_worker_answers_507_and_the_worker_keeps_serving(se
 
 def test_the_shipped_configuration_binds_loopback_and_keeps_authorization_on():
     """The tests start TorchServe on free loopback ports; this checks what `make serve` and deployments get."""
-    from torchserve_runner import REPO, read_properties
+    from anysize_tools.torchserve import REPO, read_properties
 
     properties = read_properties(REPO / "config.properties")
     for key in ("inference_address", "management_address", "metrics_address"):

@@ -7,12 +7,12 @@ import io
 import numpy as np
 import pytest
 import torch
+from helpers import encode, make_photo, to_input
 from PIL import Image
 
-from helpers import encode, make_photo, to_input
-from hostile_corpus import png_with_header
-from image_decoding import decode_image, network_size, normalize
-from request_errors import RequestError
+from anysize.image_decoding import decode_image, network_size, normalize
+from anysize.request_errors import RequestError
+from anysize_tools.hostile_corpus import png_with_header
 
 MAX_PIXELS = 4_194_304
 
@@ -108,7 +108,7 @@ def test_sixteen_bit_transparency_key_is_composited_over_white():
 
 
 def test_premultiplied_grey_alpha_is_composited_over_white():
-    from image_decoding import to_rgb
+    from anysize.image_decoding import to_rgb
 
     image = Image.new("La", (8, 8), (100, 128))  # premultiplied grey 100 at alpha 128: straight grey ~199
     assert np.abs(np.asarray(to_rgb(image)).astype(int) - 227).max() <= 1  # 199 * 0.5 + 255 * 0.5

@@ -18,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-import benchmark
-from torchserve_runner import read_keys
-from workloads import CONTENT_TYPES, PROFILES, ensure_images, profile_kinds
+from anysize_tools import benchmark
+from anysize_tools.torchserve import read_keys
+from anysize_tools.workloads import CONTENT_TYPES, PROFILES, ensure_images, profile_kinds
 
 REPO = Path(__file__).resolve().parent.parent
-LOADTEST = REPO / "scripts" / "loadtest.py"
+LOADTEST = REPO / "loadtests" / "loadtest.py"
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

@@ -4,12 +4,13 @@ every bad one, without touching the other requests of the batch."""
 from __future__ import annotations
 
 import json
-import pytest
 
+import pytest
 from helpers import MockContext, demo_model_dir, encode, make_photo
-from request_errors import RequestError
-from request_options import RequestOptions, option_header, parse_options
-from vgg_handler import BODY_FIELDS, SizeAgnosticVGGHandler
+
+from anysize.handler import BODY_FIELDS, SizeAgnosticVGGHandler
+from anysize.request_errors import RequestError
+from anysize.request_options import RequestOptions, option_header, parse_options
 
 FCN = RequestOptions(topk=5, scale_policy="working", scales=(), flip=False, aggregation="mean")
 ADAPTIVE = RequestOptions(topk=5, scale_policy="working", scales=(), flip=False, aggregation=None)

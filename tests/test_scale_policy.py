@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import MockContext, demo_model_dir, encode, make_photo, to_input
 from PIL import Image
 
-from handler_config import HandlerOptions
-from helpers import MockContext, demo_model_dir, encode, make_photo, to_input
-from image_decoding import decode_views, network_size
-from scale_policy import combine_views, parse_range, parse_scales, view_sizes, working_size
-from vgg_handler import SizeAgnosticVGGHandler
-from vgg_models import AGGREGATIONS, aggregate, load_model
-from weights import read_state_dict
+from anysize.handler import SizeAgnosticVGGHandler
+from anysize.handler_config import HandlerOptions
+from anysize.image_decoding import decode_views, network_size
+from anysize.scale_policy import combine_views, parse_range, parse_scales, view_sizes, working_size
+from anysize.vgg_models import AGGREGATIONS, aggregate, load_model
+from anysize.weights import read_state_dict
 
 DEMO = Path(__file__).resolve().parent.parent / "model_store" / "demo"
 MAX_PIXELS, MIN_SIDE = 4_194_304, 32
@@ -88,7 +88,7 @@ def test_aggregations_reduce_the_score_map_as_defined():
 
 def test_a_corrupt_png_is_still_refused_when_views_are_planned():
     """Planning must not decode a PNG before decode_pixels does (Pillow then swallows a broken stream)."""
-    from request_errors import RequestError
+    from anysize.request_errors import RequestError
 
     body = bytearray(encode(make_photo(64, 48, seed=2), "PNG"))
     start = body.index(b"IDAT") + 40

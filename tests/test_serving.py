@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 import torch
-
-import build_archive
 from helpers import decode_rgb, encode, make_photo, reference_probabilities
-from torchserve_runner import TorchServe
+
+from anysize_tools.archive import ArchiveSpec, build
+from anysize_tools.paths import HANDLERS
+from anysize_tools.torchserve import TorchServe
 
 pytestmark = pytest.mark.integration
 HEADS = ("adaptive", "fcn")
@@ -24,9 +26,8 @@ def server(vgg11_weights_file, tmp_path_factory):
     store = tmp_path_factory.mktemp("model_store")
     for head in HEADS:
         # a long batch delay so that concurrent requests reliably meet in one batch
-        build_archive.build(build_archive.parse_args([
-            "--arch", "vgg11", "--head", head, "--weights", str(vgg11_weights_file), "--name", f"test-{head}",
-            "--export-path", str(store), "--batch-size", "4", "--max-batch-delay", "400"]))
+        build(ArchiveSpec(arch="vgg11", head=head, weights=str(vgg11_weights_file), name=f"test-{head}",
+                          export_path=store, batch_size=4, max_batch_delay=400))
     instance = TorchServe(tmp_path_factory.mktemp("torchserve"), store,
                           [f"test-{head}=test-{head}.mar" for head in HEADS], free_ports=True).start()
     try:
@@ -70,6 +71,18 @@ def test_served_probabilities_equal_direct_pytorch(server, vgg11_reference, head
         assert_matches_reference(answer.json(), body, head, vgg11_reference)
 
 
+def test_the_worker_runs_the_package_copied_into_the_archive(server):
+    """Each worker imports the archive's own anysize/ folder (unpacked by TorchServe beside MAR-INF), not the
+    checkout's, although the project is installed in editable mode in the same environment."""
+    log = (server.workdir / "logs" / "model_log.log").read_text(errors="replace")
+    found = {Path(line.split("worker code from ", 1)[1].strip()) for line in log.splitlines()
+             if "worker code from " in line}
+    assert len(found) == len(HEADS), found  # one unpacked archive per model
+    for package in found:
+        assert package.name == "anysize" and (package.parent / "MAR-INF" / "MANIFEST.json").is_file(), package
+        assert HANDLERS not in package.parents, package
+
+
 def test_concurrent_requests_are_batched_and_answered_as_singles(server, vgg11_reference):
     bodies = [encode(make_photo(64, 64, seed=20 + i), "PNG") for i in range(4)]
     bodies += [encode(make_photo(96 + 16 * i, 64, seed=30 + i), "PNG") for i in range(4)]
@@ -94,7 +107,7 @@ BAD_INPUTS = [  # (body, extra headers, status, error code)
 
 @pytest.mark.parametrize("head", HEADS)
 def test_bad_inputs_get_json_4xx_and_the_server_keeps_answering(server, vgg11_reference, head):
-    from hostile_corpus import png_with_header
+    from anysize_tools.hostile_corpus import png_with_header
 
     good = encode(make_photo(48, 48, seed=3), "PNG")
     for body, headers, status, code in BAD_INPUTS + [(png_with_header(100_000, 100_000), {}, 413, "image_too_large")]:

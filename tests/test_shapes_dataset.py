@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shapes_dataset import CLASSES, render_example
+from anysize_tools.shapes import CLASSES, render_example
 
 
 def test_a_scene_is_a_function_of_seed_split_and_index():

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import reference_logits, test_state_dict, torchvision_model
-from vgg_models import ARCHS, HEADS, TORCHVISION_ARCHS, DenseEvalVGG, build_model, fc_to_conv_state_dict, load_model, pool_up_to
+
+from anysize.vgg_models import (ARCHS, HEADS, TORCHVISION_ARCHS, DenseEvalVGG, build_model, fc_to_conv_state_dict,
+                                load_model, pool_up_to)
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = [(32, 32), (97, 211), (224, 224), (225, 225), (480, 640), (1024, 768)]
@@ -104,7 +105,7 @@ def test_parameter_count_is_the_same_for_both_heads_and_torchvision(arch):
 
 
 def test_parameter_table_script_shows_counts_independent_of_input_size():
-    out = subprocess.run([sys.executable, str(REPO / "scripts/param_table.py"), "--arch", "vgg16", "--sizes",
+    out = subprocess.run([sys.executable, str(REPO / "scripts/research/param_table.py"), "--arch", "vgg16", "--sizes",
                           "224", "448", "97x211"], capture_output=True, text=True, check=True).stdout
     assert "| classifier.0.weight | 4096x25088 | 4096x512x7x7 | 102,760,448 |" in out
     assert "**138,357,544**" in out
@@ -116,7 +117,7 @@ def test_parameter_table_script_shows_counts_independent_of_input_size():
 
 @pytest.mark.parametrize("size", [(7, 7), (9, 16), (1, 7)], ids=["7x7", "9x16", "1x7"])
 def test_im2col_fc6_equals_a_plain_convolution(size):
-    from vgg_models import Im2colConv2d
+    from anysize.vgg_models import Im2colConv2d
 
     torch.manual_seed(0)
     fc6 = Im2colConv2d(32, 64, kernel_size=(1, 7) if size[0] == 1 else 7)

@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-import build_archive
-import weights
-from weights import WeightsUnavailable, hub_cache_path, imagenet_weights, random_weights, read_state_dict
+from anysize import weights
+from anysize.weights import WeightsUnavailable, hub_cache_path, imagenet_weights, random_weights, read_state_dict
+from anysize_tools import archive as build_archive
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,8 +85,11 @@ def test_builder_packages_a_state_dict_file_with_config_labels_and_code(vgg11_we
                                "224x224,64x64", "--no-gpu-decode"]) == 0
     archive = tmp_path / "vgg11-fcn.mar"  # default name ARCH-HEAD
     contents = archive_contents(archive)
-    assert {"vgg_handler.py", "vgg_models.py", "image_decoding.py", "classifier.py", "vgg11-test.pth",
-            "model-config.yaml", "index_to_name.json"} <= contents["names"]
+    worker_code = {f"anysize/{module.name}" for module in build_archive.WORKER_PACKAGE.glob("*.py")}
+    assert {"anysize/__init__.py", "anysize/handler.py", "anysize/classifier.py"} <= worker_code
+    assert {"vgg_handler.py", *worker_code, "vgg11-test.pth", "model-config.yaml", "index_to_name.json"} <= \
+        contents["names"]  # the package keeps its folder inside the archive
+    assert not any("__pycache__" in name or name.endswith(".pyc") for name in contents["names"])
     config = contents["config"]
     assert {k: config[k] for k in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers")} == {
         "batchSize": 8, "maxBatchDelay": 20, "minWorkers": 1, "maxWorkers": 1}
@@ -97,7 +100,6 @@ def test_builder_packages_a_state_dict_file_with_config_labels_and_code(vgg11_we
             handler["cpu_threads"]) == (3, "bf16", True, 4_194_304, 2)
     assert (handler["compile"], handler["compile_max_sizes"], handler["buckets"], handler["warmup_sizes"],
             handler["gpu_decode"]) == (True, 2, "224x224,448x256", "224x224,64x64", False)
-    assert {"size_buckets.py", "compiled_model.py", "stage_metrics.py"} <= contents["names"]
     assert contents["labels"]["0"] == "tench" and len(contents["labels"]) == 1000
     assert contents["manifest"]["model"]["handler"] == "vgg_handler.py"
     with zipfile.ZipFile(archive) as mar:  # stored, not deflated: weights do not compress
@@ -172,7 +174,7 @@ def test_builder_reads_custom_labels_for_any_class_count(vgg11_state_dict, tmp_p
 
 
 def peak_rss_kb(code: str) -> int:
-    wrapper = f"import resource, sys; sys.path[:0] = {[str(REPO / 'scripts'), str(REPO / 'handlers')]!r}\n{code}\n" \
+    wrapper = f"import resource\n{code}\n" \
               "print(max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))"
     out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True).stdout
     return int(out.strip().splitlines()[-1])
@@ -181,8 +183,8 @@ def peak_rss_kb(code: str) -> int:
 def test_builder_holds_no_copy_of_the_weights_in_memory(vgg11_weights_file, tmp_path):
     """A 500 MB checkpoint must not be loaded to be packaged: peak memory of the builder and of the archiver it runs
     stays near that of importing torch."""
-    baseline = peak_rss_kb("import build_archive, torchvision")
-    building = peak_rss_kb(f"import build_archive; build_archive.main(['--arch', 'vgg11', '--head', 'fcn', "
+    baseline = peak_rss_kb("from anysize_tools import archive; import torchvision")
+    building = peak_rss_kb(f"from anysize_tools import archive; archive.main(['--arch', 'vgg11', '--head', 'fcn', "
                            f"'--weights', {str(vgg11_weights_file)!r}, '--export-path', {str(tmp_path)!r}])")
     weights_kb = vgg11_weights_file.stat().st_size // 1024
     assert building - baseline < weights_kb // 4, (baseline, building, weights_kb)
@@ -190,7 +192,7 @@ def test_builder_holds_no_copy_of_the_weights_in_memory(vgg11_weights_file, tmp_
 
 def test_stop_leaves_a_process_group_that_is_not_torchserve_alone(tmp_path):
     """A stale pid file whose number now belongs to another program must not get that program killed."""
-    from torchserve_runner import stop_process_group
+    from anysize_tools.torchserve import stop_process_group
 
     other = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
@@ -202,7 +204,7 @@ def test_stop_leaves_a_process_group_that_is_not_torchserve_alone(tmp_path):
 
 
 def test_serve_skips_imagenet_models_with_a_notice_when_weights_are_missing(empty_hub, capsys):
-    import serve
+    from anysize_tools import serve
 
     assert serve.imagenet_archives("vgg16") == []
     out = capsys.readouterr().out
@@ -215,7 +217,7 @@ def test_imagenet_is_refused_for_the_projects_own_architecture():
 
 
 def test_keys_read_while_torchserve_writes_them_count_as_not_there_yet(tmp_path):
-    from torchserve_runner import TorchServe
+    from anysize_tools.torchserve import TorchServe
 
     server = TorchServe(tmp_path, tmp_path, [])
     assert server.keys() == {} and server.headers("inference") == {}

@@ -3,14 +3,14 @@
 at 224x224 and on mixed sizes, plus what the fast-path options do to answers; it checks issue 7's targets.
 
     make bench                              # the suite for this machine (CPU: about 25 minutes on 2 cores)
-    python scripts/benchmark.py --parts served --match vgg16 --duration 30     # a part, without touching docs
-    python scripts/benchmark.py --parts sweep --doc                            # the batching sweep (40 minutes)
-    python scripts/benchmark.py --render docs/benchmarks.json                  # re-render docs/benchmarks.md
+    python loadtests/benchmark.py --parts served --match vgg16 --duration 30     # a part, without touching docs
+    python loadtests/benchmark.py --parts sweep --doc                            # the batching sweep (40 minutes)
+    python loadtests/benchmark.py --render docs/benchmarks.json                  # re-render docs/benchmarks.md
 
 It runs on whatever machine it finds: on a CPU the CPU plan, with a CUDA GPU the GPU plan (larger batches, more
 workers, Locust in several processes, the 1080p workload), and writes the same tables either way. Every served run
 starts its own TorchServe on free local ports with an archive built for that configuration, warms it up, runs the
-project's Locust load test (scripts/loadtest.py) and stops it. Its Locust report lands in
+project's Locust load test (loadtests/loadtest.py) and stops it. Its Locust report lands in
 loadtests/results/benchmark-<ts>/<run>/. The server's logs say where the time went: the frontend logs each
 request's queue wait and the worker's time for its batch, the handler logs each batch's stage times.
 
@@ -37,19 +37,14 @@ from typing import Dict, List, Optional
 
 import requests
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-for path in (SCRIPTS, REPO / "handlers", REPO / "loadtests"):
-    sys.path.insert(0, str(path))
-
-import answer_effects  # noqa: E402
-import build_archive  # noqa: E402
-from loadtest import machine_description, run_load_test  # noqa: E402
-from torchserve_runner import TorchServe  # noqa: E402
-from workloads import MIXED_LONG_SIDES, PROFILES, load_images  # noqa: E402
+from . import answer_effects, archive
+from .loadtest import machine_description, run_load_test
+from .paths import LOADTESTS, REPO
+from .torchserve import TorchServe
+from .workloads import MIXED_LONG_SIDES, PROFILES, load_images
 
 DEMO = REPO / "model_store" / "demo"
-RESULTS = REPO / "loadtests" / "results"
+RESULTS = LOADTESTS / "results"
 DOC = REPO / "docs" / "benchmarks.md"
 DOC_DATA = REPO / "docs" / "benchmarks.json"  # the numbers behind the doc, so it can be re-rendered from git
 SWEEP_DOC = REPO / "docs" / "batching-sweep.md"
@@ -129,7 +124,7 @@ def weights_for(model: str, scratch: Path) -> Dict[str, str]:
         return {"arch": "demo", "weights": str(DEMO / "demo-vgg.pth"), "labels": str(DEMO / "labels.json")}
     path = scratch / f"{model}-random-seed0.pth"
     if not path.is_file():
-        from weights import random_weights
+        from anysize.weights import random_weights
 
         random_weights(model, 0, scratch)
     return {"arch": model, "weights": str(path), "labels": None}
@@ -157,11 +152,11 @@ def bare_model(model: str, head: str, workload: str, batches: List[int], scratch
     are placed on it beforehand: the bare figure is the model's ceiling, without any transfer."""
     import torch
 
-    from classifier import ImageClassifier
-    from handler_config import HandlerOptions
-    from image_decoding import decode_image, normalize
-    from vgg_models import load_model
-    from weights import read_state_dict
+    from anysize.classifier import ImageClassifier
+    from anysize.handler_config import HandlerOptions
+    from anysize.image_decoding import decode_image, normalize
+    from anysize.vgg_models import load_model
+    from anysize.weights import read_state_dict
 
     source = weights_for(model, scratch)
     options = HandlerOptions(arch=source["arch"], head=head, precision=precision, channels_last=channels_last)
@@ -213,38 +208,28 @@ def gpu_description() -> str:
 # ---------------------------------------------------------------------------------------------------- served
 def build_served_archive(config: Served, store: Path, scratch: Path) -> str:
     source = weights_for(config.model, scratch)
-    serving = ["--batch-size", str(config.batch), "--max-batch-delay", str(config.delay),
-               "--min-workers", str(config.workers), "--max-workers", str(config.workers)]
+    serving = {"batch_size": config.batch, "max_batch_delay": config.delay, "min_workers": config.workers,
+               "max_workers": config.workers}
     if config.handler == "stock":
         return build_stock_archive(config, source, serving, store, scratch)
-    args = ["--arch", source["arch"], "--head", config.head, "--weights", source["weights"], "--name", config.name,
-            "--export-path", str(store), *serving, "--precision", config.precision,
-            "--warmup-sizes", WARMUP_SIZES.get(config.workload, ""), "--buckets", config.buckets]
-    args += ["--channels-last"] * config.channels_last + ["--compile"] * config.compile
-    if source["labels"]:
-        args += ["--labels", source["labels"]]
-    build_archive.build(build_archive.parse_args(args))
+    archive.build(archive.ArchiveSpec(
+        arch=source["arch"], head=config.head, weights=source["weights"], name=config.name, export_path=store,
+        labels=source["labels"] or "", **serving, handler={
+            "precision": config.precision, "warmup_sizes": WARMUP_SIZES.get(config.workload, ""),
+            "buckets": config.buckets, "channels_last": config.channels_last, "compile": config.compile}))
     return config.name
 
 
-def build_stock_archive(config: Served, source: Dict[str, str], serving: List[str], store: Path,
+def build_stock_archive(config: Served, source: Dict[str, str], serving: Dict[str, int], store: Path,
                         scratch: Path) -> str:
-    import subprocess
-
-    import yaml
-
+    """TorchServe's stock image_classifier handler on torchvision's model class, packaged like ours."""
     model_file = scratch / "stock_vgg.py"
     model_file.write_text(STOCK_MODEL_FILE.format(arch=source["arch"]))
-    settings = dict(zip(serving[::2], serving[1::2]))
-    config_file = scratch / f"{config.name}.yaml"
-    config_file.write_text(yaml.safe_dump({
-        "batchSize": int(settings["--batch-size"]), "maxBatchDelay": int(settings["--max-batch-delay"]),
-        "minWorkers": int(settings["--min-workers"]), "maxWorkers": int(settings["--max-workers"]),
-        "responseTimeout": 300}))
-    subprocess.run([sys.executable, "-m", "model_archiver.model_packaging", "--model-name", config.name,
-                    "--version", "1.0", "--model-file", str(model_file), "--serialized-file", source["weights"],
-                    "--handler", "image_classifier", "--config-file", str(config_file),
-                    "--export-path", str(store), "--archive-format", "zip-store", "--force"], check=True)
+    model_config = {"batchSize": serving["batch_size"], "maxBatchDelay": serving["max_batch_delay"],
+                    "minWorkers": serving["min_workers"], "maxWorkers": serving["max_workers"],
+                    "responseTimeout": archive.ArchiveSpec.response_timeout}
+    archive.package(config.name, Path(source["weights"]), "image_classifier", model_config, store,
+                    model_file=model_file)
     return config.name
 
 
@@ -593,7 +578,7 @@ def render(results: dict) -> str:
     lines = [
         "# Benchmarks: the fast path against the bare model and TorchServe's stock handler",
         "",
-        "Generated by `scripts/benchmark.py` (`make bench`) from one sitting; do not edit the tables by hand (the "
+        "Generated by `loadtests/benchmark.py` (`make bench`) from one sitting; do not edit the tables by hand (the "
         f"\"{READING_HEADING[3:]}\" section at the end is hand-written and kept when the tables are regenerated).",
         "",
         f"- Machine: {meta['machine']}; GPU: {meta.get('gpu', 'none')}; torch {meta['torch']} with "
@@ -646,7 +631,7 @@ def render(results: dict) -> str:
         "",
         "Reduced precision against fp32 on the same held-out test scenes of the demo model (one in seven at its "
         "training size 112x112, the rest at long side 160 in six aspect ratios), through the handler's own forward "
-        "pass (`scripts/answer_effects.py`). tf32 changes nothing on a CPU (it is a GPU matmul mode).",
+        "pass (`anysize_tools/answer_effects.py`). tf32 changes nothing on a CPU (it is a GPU matmul mode).",
         "",
         "| model | option | images | top-1 agreement with fp32 | largest probability difference | top-1 accuracy |",
         "|---|---|---:|---:|---:|---|",
@@ -720,7 +705,7 @@ def render_sweep(results: dict) -> str:
     return "\n".join([
         f"# Batching sweep (demo-fcn, {SWEEP_USERS} users)",
         "",
-        f"Generated by `scripts/benchmark.py --parts sweep` (`make bench-sweep`) on {meta['machine']} "
+        f"Generated by `loadtests/benchmark.py --parts sweep` (`make bench-sweep`) on {meta['machine']} "
         f"({meta['date']}); batchSize x maxBatchDelay x workers on the `fixed` and `mixed` workloads, fp32. "
         "docs/benchmarks.md explains the columns.",
         "",
@@ -773,7 +758,7 @@ def main() -> int:
                         "threads": torch.get_num_threads(), "torchserve": version("torchserve"),
                         "locust": version("locust"), "duration": args.duration,
                         "mixed_duration": args.mixed_duration, "gpu": gpu_description(),
-                        "command": " ".join(["python scripts/benchmark.py", *sys.argv[1:]]),
+                        "command": " ".join(["python loadtests/benchmark.py", *sys.argv[1:]]),
                         "results_dir": str(out_dir.relative_to(REPO)), "date": time.strftime("%Y-%m-%d")},
                "bare": [], "served": []}
     runs = plan(args.parts, gpu)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
-import request_errors as errors
+from . import request_errors as errors
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Pillow names some camera JPEGs (with an embedded preview) MPO; they are JPEG to the user.

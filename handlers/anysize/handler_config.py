@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from scale_policy import POLICIES, VIEW_AGGREGATIONS, parse_range, parse_scales
-from size_buckets import parse_sizes
-from vgg_models import AGGREGATIONS
+from .scale_policy import POLICIES, VIEW_AGGREGATIONS, parse_range, parse_scales
+from .size_buckets import parse_sizes
+from .vgg_models import AGGREGATIONS
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The compose stack under load, with one replica killed and restarted (figures for docs/deploy.md).
 
-    python scripts/compose_failover.py [--users 16] [--kill-at 20] [--restart-at 45] [--duration 90]
+    python deploy/compose_failover.py [--users 16] [--kill-at 20] [--restart-at 45] [--duration 90]
 
 Needs Docker, docker-compose (1.29 or the plugin) and the images (`make image`). Starts deploy/compose.yaml's two
 replicas and HAProxy under its own project name with a fresh key, runs a closed-loop client on 127.0.0.1:8080
@@ -29,11 +29,8 @@ from pathlib import Path
 
 import requests
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-sys.path.insert(0, str(SCRIPTS))
-
-from shapes_dataset import render_example  # noqa: E402
+from anysize_tools.paths import REPO
+from anysize_tools.shapes import render_example
 
 COMPOSE_FILE = REPO / "deploy" / "compose.yaml"
 PROJECT = "vggfailover"

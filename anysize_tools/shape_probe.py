@@ -1,13 +1,13 @@
 """An independent probe for the demo model: the ten shape classes drawn by other code than the training data's.
 
-`scripts/shapes_dataset.py` (the training and test scenes) draws supersampled polygons over four textures. This
+`anysize_tools/shapes.py` (the training and test scenes) draws supersampled polygons over four textures. This
 module shares nothing with it but the class names: shapes come from Pillow's own primitives (``ellipse``,
 ``regular_polygon``, outlines, rectangles) drawn without antialiasing and with other proportions (ring thickness,
 star depth, cross arm width, arrow head, crescent cut all vary), over other backgrounds (a solid colour, noise
 around a colour, a two-colour linear gradient), and every picture is a JPEG. A model tuned to the training
 renderer cannot pass it by accident.
 
-    from shape_probe import probe_jpeg
+    from .shape_probe import probe_jpeg
     body, label = probe_jpeg(seed=1, index=0, width=640, height=480)            # zoom: shape ~ the picture
     body, label = probe_jpeg(seed=1, index=0, width=896, height=896, unit=112)  # canvas: shape at 112-px scale
 """

@@ -115,7 +115,7 @@ def random_weights(arch: str, seed: int, directory: Path) -> WeightsFile:
     its architectures, PyTorch's default for the project's own)."""
     from torchvision.models import get_model
 
-    from vgg_models import TORCHVISION_ARCHS, build_model
+    from .vgg_models import TORCHVISION_ARCHS, build_model
 
     torch.manual_seed(seed)
     model = get_model(arch, weights=None) if arch in TORCHVISION_ARCHS else build_model(arch, "adaptive")

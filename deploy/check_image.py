@@ -22,17 +22,14 @@ from pathlib import Path
 
 import requests
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-sys.path[:0] = [str(SCRIPTS), str(REPO / "handlers")]
-
-import build_archive  # noqa: E402
-from shapes_dataset import render_example  # noqa: E402
-from torchserve_runner import TorchServe, free_port  # noqa: E402
+from anysize_tools.archive import build, demo_spec
+from anysize_tools.paths import REPO
+from anysize_tools.shapes import render_example
+from anysize_tools.torchserve import TorchServe, free_port
 
 DEMO = REPO / "model_store" / "demo"
-# The same flags as the image's own demo archives (deploy/Dockerfile).
-IMAGE_ARCHIVE_FLAGS = ["--batch-size", "8", "--max-batch-delay", "5", "--warmup-sizes", "112x112"]
+# The same settings as the image's own demo archives (deploy/Dockerfile's build_archive.py flags).
+IMAGE_ARCHIVE = {"batch_size": 8, "max_batch_delay": 5, "handler": {"warmup_sizes": "112x112"}}
 SIZES = [(112, 112), (64, 48), (224, 224), (300, 200), (200, 300), (1024, 768)]
 FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png"}
 
@@ -59,10 +56,7 @@ def images() -> list:
 def local_answers(bodies: list, scratch: Path) -> dict:
     store = scratch / "store"
     for head in ("fcn", "adaptive"):
-        build_archive.build(build_archive.parse_args([
-            "--arch", "demo", "--head", head, "--weights", str(DEMO / "demo-vgg.pth"), "--labels",
-            str(DEMO / "labels.json"), "--description", "shipped demo model (model_store/demo)", "--name",
-            f"demo-{head}", "--export-path", str(store), *IMAGE_ARCHIVE_FLAGS]))
+        build(demo_spec(head, store, description="shipped demo model (model_store/demo)", **IMAGE_ARCHIVE))
     server = TorchServe(scratch / "ts", store, ["demo-fcn=demo-fcn.mar", "demo-adaptive=demo-adaptive.mar"],
                         free_ports=True).start()
     try:

@@ -2,7 +2,7 @@
 """Is the demo model right at every size? Accuracy and time per image versus input resolution, for every head,
 aggregation and scale policy, on held-out scenes and on an independent probe.
 
-    .venv/bin/python scripts/resolution_study.py        # what `make study` runs (about 25 minutes on 2 cores)
+    .venv/bin/python scripts/research/resolution_study.py        # what `make study` runs (about 25 minutes on 2 cores)
 
 Two sources of pictures, both sent as JPEG like a user's photo: the `test` split of the training data's generator
 (`shapes_dataset.py`, scenes it never trained on) and `shape_probe.py` (other drawing code, other backgrounds).
@@ -38,16 +38,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-sys.path[:0] = [str(SCRIPTS), str(REPO / "handlers")]
-
-from image_decoding import decode_views, normalize  # noqa: E402
-from scale_policy import VIEW_AGGREGATIONS, combine_views, view_sizes  # noqa: E402
-from shape_probe import probe_jpeg  # noqa: E402
-from shapes_dataset import render_example  # noqa: E402
-from vgg_models import AGGREGATIONS, ARCHS, aggregate, load_model, pool_up_to, training_size  # noqa: E402
-from weights import SERVING_SUFFIX, read_state_dict  # noqa: E402
+from anysize.image_decoding import decode_views, normalize
+from anysize.scale_policy import VIEW_AGGREGATIONS, combine_views, view_sizes
+from anysize.vgg_models import AGGREGATIONS, ARCHS, aggregate, load_model, pool_up_to, training_size
+from anysize.weights import SERVING_SUFFIX, read_state_dict
+from anysize_tools.paths import REPO
+from anysize_tools.shape_probe import probe_jpeg
+from anysize_tools.shapes import render_example
 
 DEMO_WEIGHTS = REPO / "model_store" / "demo" / "demo-vgg.pth"
 DOCS = REPO / "docs"
@@ -55,7 +52,7 @@ HEADS = ["adaptive"] + [f"fcn-{a}" for a in AGGREGATIONS]
 POLICIES = ("native", "working", "multi", "multi-max")  # multi: the views' mean; multi-max: each class's best view
 # The multi-scale views' shorter sides, each also mirrored (the VGG paper's Q = S_min .. S_max): where the model is
 # best on whole-picture shapes (112), the fc6 window's own scale (224), and larger scales where small shapes on
-# large backgrounds keep their pixels. Chosen with scripts/multi_scale_choice.py (docs/multi-scale-choice.json) on
+# large backgrounds keep their pixels. Chosen with scripts/research/multi_scale_choice.py (docs/multi-scale-choice.json) on
 # 100 + 100 pictures per condition of another seed (5) than the study's, before this study was run: with the
 # views' maximum, (112, 224, 448, 672) kept zoom within a point of the best set (worst 96.0 % against 96.5 %
 # for (112, 224)) and lifted the worst canvas condition most among fixed sets (82.0 %; a view at the picture's
@@ -365,7 +362,7 @@ def markdown(results: Dict, reading: str) -> str:
         (f"fcn-{a}", p) for a in AGGREGATIONS for p in POLICIES]
     tables = []
     for source, title in (("scenes", "Held-out scenes (the training generator's `test` split, JPEG)"),
-                          ("probe", "Independent probe (`scripts/shape_probe.py`: other drawing code and backgrounds, "
+                          ("probe", "Independent probe (`anysize_tools/shape_probe.py`: other drawing code and backgrounds, "
                                     "JPEG)")):
         lines = [f"### {title}", "", "| mode | input (W x H) | images | fed (fcn, working) | " +
                  " | ".join(f"{m} {p}" for m, p in methods) + " | resize+crop |",
@@ -399,7 +396,7 @@ shipped demo model (`model_store/demo/`, weights `{results['weights']}`; see its
 
 **Sources** (both sent as JPEG, decoded by the service's own `decode_views`): held-out scenes of the training
 data's generator (`test` split, seed {results['seed']}, quality {JPEG_QUALITY}) and the independent probe
-(`scripts/shape_probe.py`, seed {results['seed'] + 1}). {results['images']} pictures per condition and source
+(`anysize_tools/shape_probe.py`, seed {results['seed'] + 1}). {results['images']} pictures per condition and source
 ({results['large_images']} above 2.5 MP), so one picture is {100 / results['images']:.1f} points
 ({100 / results['large_images']:.1f} for the large ones).
 

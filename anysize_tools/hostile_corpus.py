@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """A generated corpus of bad and unusual requests, each with the outcome the service documents for it.
 
-    python scripts/hostile_corpus.py --output /tmp/corpus     # write the bodies and manifest.json, list them
+    python -m anysize_tools.hostile_corpus --output /tmp/corpus     # write the bodies and manifest.json, list them
 
 Nothing here is committed as a binary: every body is made from code, deterministically. The hardening tests
 (tests/test_hardening.py) send each case to a real TorchServe, alone and mixed into batches with good images; the
-soak (scripts/soak.py) mixes them into a long load. docs/reliability.md lists the outcomes.
+soak (loadtests/soak.py) mixes them into a long load. docs/reliability.md lists the outcomes.
 
 An outcome is the HTTP status, our error code for 4xx answers from the handler (``error``), or ``None`` where
 TorchServe's frontend answers before the handler; for 200 answers, ``input_size`` is the [H, W] fed to the network

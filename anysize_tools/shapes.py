@@ -5,7 +5,7 @@ image's shorter side, its rotation and colour, and a background texture. A scene
 height, so the same test scenes can be looked at through every resolution and aspect ratio. Scene ``index`` of
 ``split`` under ``seed`` is always the same scene.
 
-    from shapes_dataset import render_example
+    from .shapes import render_example
     image, label = render_example(seed=0, split="test", index=17, width=448, height=448)
 """
 

@@ -32,9 +32,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Tuple
 
-from request_errors import RequestError
-from scale_policy import POLICIES, VIEW_AGGREGATIONS, parse_scales
-from vgg_models import AGGREGATIONS
+from .request_errors import RequestError
+from .scale_policy import POLICIES, VIEW_AGGREGATIONS, parse_scales
+from .vgg_models import AGGREGATIONS
 
 OPTION_NAMES = ("topk", "scale_policy", "scales", "flip", "view_aggregation", "aggregation")
 MAX_SCALES = 6

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What the opt-in fast-path options do to answers, on the demo model's held-out test scenes (no server).
 
-    python scripts/answer_effects.py            # prints both tables' numbers as JSON (the benchmark renders them)
+    python -m anysize_tools.answer_effects            # prints both tables' numbers as JSON (the benchmark renders them)
 
 - Precision: every precision / memory-format option against fp32, on the same images: top-1 agreement, the
   largest probability difference over all classes and images, and top-1 accuracy.
@@ -13,21 +13,17 @@ Both run the handler's own ImageClassifier.probabilities, so they measure what t
 from __future__ import annotations
 
 import json
-import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-sys.path[:0] = [str(SCRIPTS), str(REPO / "handlers"), str(REPO / "loadtests")]
+from anysize.vgg_models import ARCHS, training_size
 
-from shapes_dataset import render_example  # noqa: E402
-from vgg_models import ARCHS, training_size  # noqa: E402
-from workloads import ASPECTS, sized  # noqa: E402
+from .paths import REPO
+from .shapes import render_example
+from .workloads import ASPECTS, sized
 
 DEMO = REPO / "model_store" / "demo"
 SEED = 11  # test-split scenes under a seed the demo model was not trained or studied on
@@ -44,10 +40,10 @@ def bucket_sizes(long_sides: Sequence[int]) -> str:
 
 
 def demo_classifier(head: str, precision: str = "fp32", channels_last: bool = False, buckets: str = ""):
-    from classifier import ImageClassifier
-    from handler_config import HandlerOptions
-    from vgg_models import load_model
-    from weights import read_state_dict
+    from anysize.classifier import ImageClassifier
+    from anysize.handler_config import HandlerOptions
+    from anysize.vgg_models import load_model
+    from anysize.weights import read_state_dict
 
     options = HandlerOptions(arch="demo", head=head, precision=precision, channels_last=channels_last,
                              buckets=buckets)
@@ -110,7 +106,7 @@ def bucket_effects(count: int = 840) -> List[dict]:
     for head in ("fcn", "adaptive"):
         exact = probabilities(demo_classifier(head), pixels)
         bucketed_classifier = demo_classifier(head, buckets=buckets)
-        from size_buckets import resize_to_bucket
+        from anysize.size_buckets import resize_to_bucket
 
         resized = [resize_to_bucket(p, bucketed_classifier.buckets) for p in pixels]
         bucketed = probabilities(bucketed_classifier, resized)

@@ -14,7 +14,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from image_decoding import network_size
+from .image_decoding import network_size
 
 Size = Tuple[int, int]  # (width, height)
 POLICIES = ("working", "native")

@@ -1,10 +1,10 @@
 """Turn one Locust run's CSV files into summary.md and PNG plots (throughput and latency over time, per resolution).
 
-    python loadtests/report.py loadtests/results/<timestamp>     # re-draw a run's report
+    python -m anysize_tools.load_report loadtests/results/<timestamp>     # re-draw a run's report
 
 Reads ``locust_stats.csv`` (totals per request name) and ``locust_stats_history.csv`` (written every second with
 --csv-full-history; its percentiles cover Locust's recent window, so they show latency as it moves). Latencies are
-in milliseconds. The run's parameters come from ``run.json``, which scripts/loadtest.py writes beside the CSVs.
+in milliseconds. The run's parameters come from ``run.json``, which loadtests/loadtest.py writes beside the CSVs.
 """
 
 from __future__ import annotations

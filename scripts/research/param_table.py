@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print per-layer parameter counts of both heads, and the output shape at several input sizes.
 
-    python scripts/param_table.py --arch vgg16 --sizes 224 448 97x211
+    python scripts/research/param_table.py --arch vgg16 --sizes 224 448 97x211
 
 It shows the point of the seed notes: a layer's parameter count depends only on its channels and kernel, never on
 the input size; the fcn head holds exactly the adaptive head's parameters, only reshaped; and both heads give one
@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Dict, List, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "handlers"))
-from vgg_models import ARCHS, HEADS, build_model  # noqa: E402
+from anysize.vgg_models import ARCHS, HEADS, build_model
 
 
 def parse_size(text: str) -> Tuple[int, int]:

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Run a bounded, headless Locust load test against a running TorchServe and write a complete report.
 
-    python scripts/loadtest.py --model demo-fcn --workload mixed --users 4 --spawn-rate 2 --duration 30s
+    python loadtests/loadtest.py --model demo-fcn --workload mixed --users 4 --spawn-rate 2 --duration 30s
     make loadtest MODEL=demo-fcn PROFILE=mixed USERS=4 SPAWN_RATE=2 DURATION=30s [PROCESSES=4]
 
 Writes loadtests/results/<timestamp>/: Locust's CSV files and HTML report, run.json (the parameters), summary.md
-and PNG plots (loadtests/report.py). Exits non-zero when any request failed or none was made. With --processes N,
+and PNG plots (anysize_tools/load_report.py). Exits non-zero when any request failed or none was made. With --processes N,
 Locust runs one master and N worker processes on this machine (its distributed mode; see loadtests/README.md for
 workers on other machines). The target is the server `make serve` started, unless --host and --key-file say otherwise.
 """
@@ -24,16 +24,13 @@ from typing import Dict, List, Optional, Tuple
 
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "loadtests"))
-sys.path.insert(0, str(REPO / "scripts"))
+from .load_report import write_report
+from .paths import LOADTESTS, REPO
+from .torchserve import inference_key, read_properties
+from .workloads import DEFAULT_CACHE, PROFILES, ensure_images
 
-from report import write_report  # noqa: E402
-from torchserve_runner import inference_key, read_properties  # noqa: E402
-from workloads import DEFAULT_CACHE, PROFILES, ensure_images  # noqa: E402
-
-LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
-RESULTS = REPO / "loadtests" / "results"
+LOCUSTFILE = LOADTESTS / "locustfile.py"
+RESULTS = LOADTESTS / "results"
 SERVE_KEY_FILE = REPO / ".serve" / "key_file.json"
 
 

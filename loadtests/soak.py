@@ -2,11 +2,11 @@
 """Soak: a long, bounded load of mixed sizes with a share of hostile inputs, watching the workers' memory.
 
     make soak                                       # 10 minutes, 4 users, 10 % hostile requests, demo-fcn
-    python scripts/soak.py --duration 10m --users 4 --bad-share 0.1
+    python loadtests/soak.py --duration 10m --users 4 --bad-share 0.1
 
 Starts its own TorchServe (the shipped demo model, free loopback ports, token authorization on), runs the Locust
-load test (scripts/loadtest.py, workload `mixed`) where each request is, with probability --bad-share, a case of
-the hostile corpus (scripts/hostile_corpus.py) that must get its documented answer, and samples every worker's
+load test (loadtests/loadtest.py, workload `mixed`) where each request is, with probability --bad-share, a case of
+the hostile corpus (anysize_tools/hostile_corpus.py) that must get its documented answer, and samples every worker's
 and the frontend's resident memory every few seconds. Writes loadtests/results/soak-<timestamp>/: the Locust
 report, memory.csv, memory.png and a memory section in summary.md.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import re
 import statistics
 import sys
@@ -29,14 +30,10 @@ from typing import Dict, List
 
 import psutil
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-sys.path.insert(0, str(SCRIPTS))
-sys.path.insert(0, str(REPO / "handlers"))
-
-import build_archive  # noqa: E402
-from loadtest import RESULTS, run_load_test  # noqa: E402
-from torchserve_runner import TorchServe  # noqa: E402
+from anysize_tools.archive import build, demo_spec
+from anysize_tools.loadtest import RESULTS, run_load_test
+from anysize_tools.paths import REPO
+from anysize_tools.torchserve import TorchServe
 
 DEMO = REPO / "model_store" / "demo"
 SAMPLE_SECONDS = 5
@@ -132,9 +129,7 @@ def main() -> int:
     rows: List[Dict] = []
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
         store = Path(scratch) / "store"
-        build_archive.build(build_archive.parse_args([
-            "--arch", "demo", "--head", args.head, "--weights", str(DEMO / "demo-vgg.pth"), "--labels",
-            str(DEMO / "labels.json"), "--name", model, "--export-path", str(store)]))
+        build(dataclasses.replace(demo_spec(args.head, store), name=model))
         # Keys expire after token_expiration_min (60 in config.properties) and Locust reads them once: a longer
         # soak gets keys that outlive it.
         expiry = str(max(60, seconds(args.duration) // 60 + 10))

@@ -6,23 +6,21 @@ the single working view. 100 held-out scenes and 100 probe pictures per conditio
 in seven zoom and canvas conditions. Writes docs/multi-scale-choice.json; prints the mean and the worst condition
 per candidate and method.
 
-    .venv/bin/python scripts/multi_scale_choice.py      # about 15 minutes on 2 cores
+    .venv/bin/python scripts/research/multi_scale_choice.py      # about 15 minutes on 2 cores
 """
 import json
 import platform
 import sys
 from datetime import datetime, timezone
 from multiprocessing import Pool
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "scripts"), str(REPO / "handlers")]
-import torch  # noqa: E402
+import resolution_study as study
+import torch
 
-import resolution_study as study  # noqa: E402
-from image_decoding import decode_views  # noqa: E402
-from scale_policy import view_sizes  # noqa: E402
-from weights import read_state_dict  # noqa: E402
+from anysize.image_decoding import decode_views
+from anysize.scale_policy import view_sizes
+from anysize.weights import read_state_dict
+from anysize_tools.paths import REPO
 
 SEED, PICTURES, CHUNK = 5, 100, 25
 WORKING = (112, 168)  # the single view's range, as the study derives it
@@ -93,7 +91,7 @@ def main() -> int:
                         for method, rows in probabilities.items()}
             print(mode, name, flush=True)
     (REPO / "docs" / "multi-scale-choice.json").write_text(json.dumps({
-        "command": "python scripts/multi_scale_choice.py", "date": datetime.now(timezone.utc).date().isoformat(),
+        "command": "python scripts/research/multi_scale_choice.py", "date": datetime.now(timezone.utc).date().isoformat(),
         "machine": f"{platform.machine()} CPU, 2 threads", "torch": torch.__version__, "weights": "demo-vgg.pth",
         "seed": SEED, "pictures_per_condition": {"scenes": PICTURES, "probe": PICTURES},
         "working_range_of_the_single_view": list(WORKING), "own_size_cap": OWN_SIZE_CAP, "results": results},

@@ -1,10 +1,10 @@
 """Load-test workload profiles and their image cache, shared by the locustfile and the benchmark's bare-model baseline.
 
 A profile is a list of image kinds (size, format, request name) drawn uniformly at random. Its images are
-generated scenes of the demo model's data set (scripts/shapes_dataset.py), rendered once into a cache directory
+generated scenes of the demo model's data set (anysize_tools/shapes.py), rendered once into a cache directory
 with a manifest, and only read afterwards, so the load generator spends nothing on making images.
 
-    python loadtests/workloads.py --profile mixed      # fill the cache for one profile and list it
+    python -m anysize_tools.workloads --profile mixed      # fill the cache for one profile and list it
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-LOADTESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(LOADTESTS.parent / "scripts"))
-
-# Imported here, not where used: Locust restores sys.path after importing the locustfile.
-from shapes_dataset import render_example  # noqa: E402
+from .paths import LOADTESTS
+from .shapes import render_example
 
 DEFAULT_CACHE = LOADTESTS / ".image-cache"
 IMAGES_PER_KIND = 8  # distinct scenes per kind, so neither caches nor JPEG sizes flatter one image

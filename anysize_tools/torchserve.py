@@ -21,7 +21,8 @@ from typing import Dict, Iterable, List, Optional
 
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
+from .paths import REPO
+
 ADDRESS_KEYS = {"inference": "inference_address", "management": "management_address", "metrics": "metrics_address"}
 GRPC_PORT_KEYS = ("grpc_inference_port", "grpc_management_port")
 # Files named in config.properties; relative paths there are relative to that file.

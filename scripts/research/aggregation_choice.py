@@ -5,24 +5,22 @@ log-sum-exp at several temperatures, top-k mean, the best position's probability
 best view; with and without a view at the picture's own size, at most 1 MP) scored on the same maps. Nine zoom and five canvas conditions, scenes and probe pictures. Writes
 docs/aggregation-choice.json; prints the mean and the worst condition per rule, best first.
 
-    .venv/bin/python scripts/aggregation_choice.py      # about 9 minutes on 2 cores
+    .venv/bin/python scripts/research/aggregation_choice.py      # about 9 minutes on 2 cores
 """
 import json
 import platform
 import sys
 from datetime import datetime, timezone
 from multiprocessing import Pool
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "scripts"), str(REPO / "handlers")]
-import torch  # noqa: E402
+import resolution_study as study
+import torch
 
-import resolution_study as study  # noqa: E402
-from image_decoding import decode_views, normalize  # noqa: E402
-from scale_policy import combine_views, view_sizes  # noqa: E402
-from vgg_models import pool_up_to  # noqa: E402
-from weights import read_state_dict  # noqa: E402
+from anysize.image_decoding import decode_views, normalize
+from anysize.scale_policy import combine_views, view_sizes
+from anysize.vgg_models import pool_up_to
+from anysize.weights import read_state_dict
+from anysize_tools.paths import REPO
 
 SEED, PICTURES, CHUNK = 5, 60, 20
 OWN_SIZE_CAP = 1_048_576  # pixels of the optional view at the picture's own size
@@ -118,7 +116,7 @@ def main() -> int:
                          "zoom_mean": round(sum(zoom) / len(zoom), 4), "zoom_worst": min(zoom),
                          "canvas_mean": round(sum(canvas) / len(canvas), 4), "canvas_worst": min(canvas)}
     (REPO / "docs" / "aggregation-choice.json").write_text(json.dumps({
-        "command": "python scripts/aggregation_choice.py", "date": datetime.now(timezone.utc).date().isoformat(),
+        "command": "python scripts/research/aggregation_choice.py", "date": datetime.now(timezone.utc).date().isoformat(),
         "machine": f"{platform.machine()} CPU, 2 threads", "torch": torch.__version__, "weights": "demo-vgg.pth",
         "seed": SEED, "pictures_per_condition_and_source": PICTURES, "scales": list(study.MULTI_SCALES),
         "flip": True, "own_size_cap": OWN_SIZE_CAP, "summary": summary, "results": results}, indent=1) + "\n")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the shipped demo model: a narrow VGG (arch ``demo``) on generated shapes at many scales, on the CPU.
 
-    .venv/bin/python scripts/train_demo.py            # what `make train-demo` runs (about 40 minutes on 2 cores)
+    .venv/bin/python scripts/research/train_demo.py            # what `make train-demo` runs (about 40 minutes on 2 cores)
 
 Scale jittering in both senses the resolution study measures (the VGG paper trains at S in [256, 512] for the
 same reason): every batch has its own size, shorter side 48 to 448 px and aspect ratios 1:2 to 2:1, and each
@@ -35,13 +35,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-sys.path[:0] = [str(SCRIPTS), str(REPO / "handlers")]
-
-from image_decoding import normalize  # noqa: E402
-from shapes_dataset import CLASSES, render, sample_scene, scene_generator  # noqa: E402
-from vgg_models import ARCHS, CONV_LAYOUTS, build_model, pool_up_to, training_size  # noqa: E402
+from anysize.image_decoding import normalize
+from anysize.vgg_models import ARCHS, CONV_LAYOUTS, build_model, pool_up_to, training_size
+from anysize_tools.paths import REPO
+from anysize_tools.shapes import CLASSES, render, sample_scene, scene_generator
 
 ARCH = "demo"
 DEFAULT_OUTPUT = REPO / "model_store" / "demo"
@@ -235,7 +232,7 @@ layout, so the `adaptive` and `fcn` heads and the FC-to-conv conversion apply un
 Classes ({num_classes}): {classes}.
 
 ## Data: scale jittering
-`scripts/shapes_dataset.py` draws one shape per scene at a random position, size, rotation and colour over a
+`anysize_tools/shapes.py` draws one shape per scene at a random position, size, rotation and colour over a
 random texture (gradient, stripes, checker or smooth blotches), with antialiased edges; every scene is a function
 of (seed, split, index). Training renders {images:,} scenes of the `train` split, each batch at its own size:
 
@@ -250,7 +247,7 @@ of (seed, split, index). Training renders {images:,} scenes of the `train` split
 
 Validation (printed while training, below): {val_images} scenes of the `val` split per condition.
 The resolution study (`docs/resolution-study.md`) uses the `test` split and an independent renderer
-(`scripts/shape_probe.py`, plain Pillow drawing, other backgrounds, JPEG).
+(`anysize_tools/shape_probe.py`, plain Pillow drawing, other backgrounds, JPEG).
 
 ## Training
 Command: `{command}` (seed {seed}): {steps:,} steps, AdamW (lr {lr}, {warmup}-step warm-up then cosine decay to 0,

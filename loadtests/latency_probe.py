@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sequential end-to-end latency of the server `make serve` runs, per input size: a quick check, not a load test.
 
-    .venv/bin/python scripts/latency_probe.py --models demo-adaptive demo-fcn --sizes 112x112 640x480
+    .venv/bin/python loadtests/latency_probe.py --models demo-adaptive demo-fcn --sizes 112x112 640x480
 
 Sends one random-noise JPEG per size, `--repeats` times per model, one request at a time, and prints the median.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+from anysize_tools.paths import REPO
 
 
 def jpeg_of_size(width: int, height: int) -> bytes:

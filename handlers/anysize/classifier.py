@@ -20,16 +20,16 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 
-import request_errors as errors
-from compiled_model import SizeBoundedCompile
-from handler_config import HandlerOptions
-from image_decoding import decode_jpeg_batch, decode_views, is_plain_jpeg, normalize, open_image
-from request_errors import RequestError
-from request_options import RequestOptions, bad_option
-from scale_policy import combine_views, parse_scales, view_sizes
-from size_buckets import parse_sizes, resize_to_bucket
-from stage_metrics import StageClock
-from vgg_models import ScoreMap, aggregate
+from . import request_errors as errors
+from .compiled_model import SizeBoundedCompile
+from .handler_config import HandlerOptions
+from .image_decoding import decode_jpeg_batch, decode_views, is_plain_jpeg, normalize, open_image
+from .request_errors import RequestError
+from .request_options import RequestOptions, bad_option
+from .scale_policy import combine_views, parse_scales, view_sizes
+from .size_buckets import parse_sizes, resize_to_bucket
+from .stage_metrics import StageClock
+from .vgg_models import ScoreMap, aggregate
 
 logger = logging.getLogger(__name__)
 
