@@ -24,7 +24,8 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 import yaml
 
-from anysize.handler_config import PRECISIONS, HandlerOptions
+from anysize.handler_config import HandlerOptions
+from anysize.precision import PRECISIONS
 from anysize.scale_policy import POLICIES, VIEW_AGGREGATIONS
 from anysize.vgg_models import AGGREGATIONS, ARCHS, HEADS, load_model, num_classes_in
 from anysize.weights import SERVING_KEYS, WeightsFile, WeightsUnavailable, read_state_dict, resolve_weights

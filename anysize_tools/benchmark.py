@@ -37,6 +37,8 @@ from typing import Dict, List, Optional
 
 import requests
 
+from anysize.stage_metrics import STAGES, batch_records
+
 from . import answer_effects, archive
 from .loadtest import machine_description, run_load_test
 from .paths import LOADTESTS, REPO
@@ -56,9 +58,6 @@ SWEEP_USERS = 16  # enough closed-loop users to fill the largest batch
 SWEEP_DELAYS = (5, 25, 100)  # maxBatchDelay values, milliseconds
 MIXED_USERS = 12  # enough to fill batches of 4 on mixed sizes (not SWEEP_USERS: that number marks sweep runs)
 
-BATCH_LINE = re.compile(r"batch of (\d+) requests: \d+ answered, \d+ refused; "
-                        r"decode ([\d.]+) ms, preprocess ([\d.]+) ms, forward ([\d.]+) ms, postprocess ([\d.]+) ms")
-STAGES = ("decode", "preprocess", "forward", "postprocess")
 SAME_SIZE_WORKLOADS = ("fixed", "1080p")  # every image the same size: the server can batch up to batchSize
 WARMUP_SIZES = {"fixed": "224x224", "1080p": "1920x1080"}  # the sizes a workload sends, warmed up at worker start
 # Buckets for the mixed workload: a square, a landscape and a portrait size per long side it draws from.
@@ -152,7 +151,7 @@ def bare_model(model: str, head: str, workload: str, batches: List[int], scratch
     are placed on it beforehand: the bare figure is the model's ceiling, without any transfer."""
     import torch
 
-    from anysize.classifier import ImageClassifier
+    from anysize.classifier import ImageClassifier, images_per_pass
     from anysize.handler_config import HandlerOptions
     from anysize.image_decoding import decode_image, normalize
     from anysize.vgg_models import load_model
@@ -179,7 +178,7 @@ def bare_model(model: str, head: str, workload: str, batches: List[int], scratch
             # A batch of one image size, as the handler forms them: each image repeated up to ``batch`` times, but
             # never more than the handler puts in one pass (max_pixels input pixels, e.g. 2 at 1920x1080).
             def per_pass(p):
-                return min(batch, max(1, options.max_pixels // (p.shape[0] * p.shape[1])))
+                return min(batch, images_per_pass(options.max_pixels, p.shape[0], p.shape[1]))
 
             per_image = [seconds_per_call(lambda p=p: classifier.forward(torch.stack([p] * per_pass(p))),
                                           min_seconds / len(pixels), 2) / per_pass(p) for p in pixels]
@@ -253,7 +252,7 @@ def log_breakdown(model_log: str, frontend_log: str) -> dict:
     """
     jobs = [(int(w) / 1e6, int(b) / 1e6) for w, b in JOB_LINE.findall(frontend_log)]
     totals = [float(ms) for ms in ACCESS_LINE.findall(frontend_log)]
-    batches = [tuple(float(v) for v in match) for match in BATCH_LINE.findall(model_log)]
+    batches = batch_records(model_log)
     result = {"requests_logged": len(jobs), "batches_logged": len(batches)}
     if jobs:
         result["queue_wait_ms"] = statistics.mean(w for w, _ in jobs)
@@ -261,12 +260,12 @@ def log_breakdown(model_log: str, frontend_log: str) -> dict:
     if totals:
         result["server_ms"] = statistics.mean(totals)
     if batches:
-        images = sum(b[0] for b in batches)
+        images = sum(b.requests for b in batches)
         result["images_per_batch"] = images / len(batches)
-        for index, stage in enumerate(STAGES, start=1):
-            result[f"{stage}_ms_per_request"] = sum(b[0] * b[index] for b in batches) / images
+        for stage in STAGES:
+            result[f"{stage}_ms_per_request"] = sum(b.requests * b.ms[stage] for b in batches) / images
         # The model's share, comparable with the bare figures: preprocessing (normalisation) and forward pass.
-        result["model_ms_per_image"] = sum(b[2] + b[3] for b in batches) / images
+        result["model_ms_per_image"] = sum(b.ms["preprocess"] + b.ms["forward"] for b in batches) / images
     return result
 
 

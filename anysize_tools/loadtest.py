@@ -26,7 +26,8 @@ import requests
 
 from .load_report import write_report
 from .paths import LOADTESTS, REPO
-from .torchserve import inference_key, read_properties
+from .auth import bearer, inference_key
+from .torchserve import read_properties
 from .workloads import DEFAULT_CACHE, PROFILES, ensure_images
 
 LOCUSTFILE = LOADTESTS / "locustfile.py"
@@ -52,7 +53,7 @@ def default_host() -> str:
 
 def server_answers(host: str, key_file: Path) -> bool:
     key = inference_key(key_file)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = bearer(key)
     try:
         return requests.get(f"{host}/ping", headers=headers, timeout=5).status_code == 200
     except requests.RequestException:

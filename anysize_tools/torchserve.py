@@ -8,7 +8,6 @@ all relative to where it starts. Each runner therefore gets a working directory 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -21,6 +20,7 @@ from typing import Dict, Iterable, List, Optional
 
 import requests
 
+from .auth import bearer, read_keys
 from .paths import REPO
 
 ADDRESS_KEYS = {"inference": "inference_address", "management": "management_address", "metrics": "metrics_address"}
@@ -43,25 +43,6 @@ def read_properties(path: Path) -> Dict[str, str]:
             key, value = line.split("=", 1)
             properties[key.strip()] = value.strip()
     return properties
-
-
-def read_keys(key_file: Path) -> Dict[str, str]:
-    """TorchServe's token-authorization keys by API ('inference', 'management') from its key_file.json."""
-    try:
-        entries = json.loads(Path(key_file).read_text())
-        return {api: entry["key"] for api, entry in entries.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}  # no such file (authorization off), or caught while TorchServe is still writing it
-
-
-def inference_key(key_file: Path) -> Optional[str]:
-    """The key clients send to the inference API: $TS_INFERENCE_KEY, else the file $TS_INFERENCE_KEY_FILE names (a
-    mounted Kubernetes Secret, as the serving container reads it), else the one in TorchServe's key_file.json."""
-    if os.environ.get("TS_INFERENCE_KEY"):
-        return os.environ["TS_INFERENCE_KEY"]
-    if os.environ.get("TS_INFERENCE_KEY_FILE"):
-        return Path(os.environ["TS_INFERENCE_KEY_FILE"]).read_text().strip()
-    return read_keys(key_file).get("inference")
 
 
 def find_java_home() -> Optional[str]:
@@ -131,8 +112,7 @@ class TorchServe:
         return read_keys(self.workdir / "key_file.json")
 
     def headers(self, api: str) -> Dict[str, str]:
-        key = self.keys().get(api)
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return bearer(self.keys().get(api))
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None

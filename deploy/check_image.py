@@ -23,11 +23,10 @@ from pathlib import Path
 import requests
 
 from anysize_tools.archive import build, demo_spec
-from anysize_tools.paths import REPO
+from anysize_tools.auth import bearer
 from anysize_tools.shapes import render_example
 from anysize_tools.torchserve import TorchServe, free_port
 
-DEMO = REPO / "model_store" / "demo"
 # The same settings as the image's own demo archives (deploy/Dockerfile's build_archive.py flags).
 IMAGE_ARCHIVE = {"batch_size": 8, "max_batch_delay": 5, "handler": {"warmup_sizes": "112x112"}}
 SIZES = [(112, 112), (64, 48), (224, 224), (300, 200), (200, 300), (1024, 768)]
@@ -115,7 +114,7 @@ def main() -> int:
                 raise RuntimeError(f"the container never answered /ping (running: {running}):\n"
                                    + logs.stdout + logs.stderr)
             time.sleep(0.5)
-        headers = {"Authorization": f"Bearer {key}"}
+        headers = bearer(key)
         first = post(url, "demo-fcn", bodies[0][1], bodies[0][2], headers)
         first_answer_s = time.monotonic() - started
         say(f"first answer {first_answer_s:.1f} s after `docker run` (status {first.status_code})")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import requests
 
+from anysize_tools.auth import bearer
 from anysize_tools.paths import REPO
 from anysize_tools.shapes import render_example
 
@@ -73,7 +74,7 @@ def sample_body() -> bytes:
 
 def load(stop: threading.Event, key: str, body: bytes, records: list, origin: float) -> None:
     session = requests.Session()
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "image/jpeg"}
+    headers = {**bearer(key), "Content-Type": "image/jpeg"}
     while not stop.is_set():
         started = time.monotonic()
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import sys
 import time
@@ -20,7 +19,8 @@ import numpy as np
 import requests
 from PIL import Image
 
-from anysize_tools.paths import REPO
+from anysize_tools.auth import bearer, read_keys
+from anysize_tools.paths import SERVE_DIR
 
 
 def jpeg_of_size(width: int, height: int) -> bytes:
@@ -36,10 +36,9 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", default=["224x224", "640x480", "1024x768", "2048x1536"], help="WxH")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--url", default="http://127.0.0.1:8080")
-    parser.add_argument("--key-file", default=str(REPO / ".serve" / "key_file.json"))
+    parser.add_argument("--key-file", default=str(SERVE_DIR / "key_file.json"))
     args = parser.parse_args()
-    key = json.loads(Path(args.key_file).read_text())["inference"]["key"]
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "image/jpeg"}
+    headers = {**bearer(read_keys(Path(args.key_file)).get("inference")), "Content-Type": "image/jpeg"}
     print("| input (WxH) | " + " | ".join(args.models) + " |\n|---|" + "---:|" * len(args.models))
     for size in args.sizes:
         width, height = (int(v) for v in size.lower().split("x"))

@@ -20,9 +20,9 @@ from typing import Dict, List, Tuple
 
 from locust import FastHttpUser, constant, events, task
 
+from anysize_tools.auth import bearer, inference_key
 from anysize_tools.hostile_corpus import Case, cases
 from anysize_tools.paths import SERVE_DIR
-from anysize_tools.torchserve import inference_key
 from anysize_tools.workloads import DEFAULT_CACHE, PROFILES, CachedImage, load_images
 
 DEFAULT_KEY_FILE = SERVE_DIR / "key_file.json"
@@ -112,7 +112,7 @@ class ClassifierUser(FastHttpUser):
         self.kinds = sorted(self.images)
         self.bad_share = options.bad_share
         key = inference_key(Path(options.key_file) if options.key_file else DEFAULT_KEY_FILE)
-        self.auth = {"Authorization": f"Bearer {key}"} if key else {}
+        self.auth = bearer(key)
 
     @task
     def classify(self):

@@ -32,10 +32,8 @@ import psutil
 
 from anysize_tools.archive import build, demo_spec
 from anysize_tools.loadtest import RESULTS, run_load_test
-from anysize_tools.paths import REPO
 from anysize_tools.torchserve import TorchServe
 
-DEMO = REPO / "model_store" / "demo"
 SAMPLE_SECONDS = 5
 
 

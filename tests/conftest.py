@@ -1,5 +1,6 @@
 """Shared fixtures: one set of deterministic vgg11 test weights (in memory and as a file) for the whole session,
-and one TorchServe serving the shipped demo model with both heads (accuracy tests and the Locust smoke test)."""
+one TorchServe serving the shipped demo model with both heads (accuracy tests and the Locust smoke test), and
+handlers of the demo model initialised from a mock TorchServe context."""
 
 from __future__ import annotations
 
@@ -7,19 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import test_state_dict, torchvision_model
+from helpers import MockContext, demo_model_dir, seeded_state_dict, torchvision_model
 
+from anysize.handler import SizeAgnosticVGGHandler
 from anysize.vgg_models import HEADS
 from anysize_tools.archive import build, demo_spec
 from anysize_tools.torchserve import TorchServe
 
 TEST_ARCH = "vgg11"  # the smallest VGG keeps CPU inference in the tests fast
-DEMO = Path(__file__).resolve().parent.parent / "model_store" / "demo"
 
 
 @pytest.fixture(scope="session")
 def vgg11_state_dict():
-    return test_state_dict(TEST_ARCH)
+    return seeded_state_dict(TEST_ARCH)
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +48,20 @@ def demo_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    """The shipped demo model laid out as an unpacked archive."""
+    return demo_model_dir(tmp_path_factory.mktemp("demo_model_dir"))
+
+@pytest.fixture
+def demo_handler(demo_dir):
+    def make(head="fcn", batch_size=8, **options) -> SizeAgnosticVGGHandler:
+        config = {"batchSize": batch_size, "handler": {
+            "arch": "demo", "head": head, "weights": "shipped demo", "weights_file": "demo-vgg.pth", "topk": 3,
+            "warmup_sizes": "", **options}}
+        handler = SizeAgnosticVGGHandler()
+        handler.initialize(MockContext(demo_dir, config, model_name="demo-test"))
+        return handler
+    return make

@@ -7,6 +7,7 @@ head) or re-derives dense evaluation with ``F.conv2d`` on torchvision's own weig
 from __future__ import annotations
 
 import io
+import json
 from typing import Dict
 
 import numpy as np
@@ -49,7 +50,7 @@ def decode_rgb(body: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def test_state_dict(arch: str, seed: int = 0) -> Dict[str, torch.Tensor]:
+def seeded_state_dict(arch: str, seed: int = 0) -> Dict[str, torch.Tensor]:
     """torchvision-format weights with real structure: random init, random BatchNorm statistics, and an fc8
     scaled up so class probabilities spread out (a freshly initialised VGG is nearly uniform over 1000 classes)."""
     torch.manual_seed(seed)
@@ -64,7 +65,6 @@ def test_state_dict(arch: str, seed: int = 0) -> Dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-test_state_dict.__test__ = False  # a helper, not a test, despite its name
 
 
 def to_input(pixels_hwc: np.ndarray) -> torch.Tensor:
@@ -100,10 +100,8 @@ def reference_probabilities(model: torch.nn.Module, head: str, pixels_hwc: np.nd
 
 def demo_model_dir(directory):
     """The shipped demo model laid out in ``directory`` as an unpacked archive (weights and index_to_name.json)."""
-    import json
-    from pathlib import Path
+    from anysize_tools.paths import DEMO as demo
 
-    demo = Path(__file__).resolve().parent.parent / "model_store" / "demo"
     (directory / "demo-vgg.pth").symlink_to(demo / "demo-vgg.pth")
     labels = json.loads((demo / "labels.json").read_text())
     (directory / "index_to_name.json").write_text(json.dumps({str(i): name for i, name in enumerate(labels)}))
@@ -139,3 +137,16 @@ class MockContext:
 
     def set_response_content_type(self, idx, value):
         self.content_types[idx] = value
+
+
+def run_handler(handler, bodies):
+    """Handle one batch of raw bodies; (decoded JSON answers, the MockContext with statuses and metrics)."""
+    context = MockContext(None, None, model_name="demo-test")
+    outputs = [json.loads(out) for out in handler.handle([{"body": b} for b in bodies], context)]
+    return outputs, context
+
+def count_passes(handler):
+    """The input shapes of every forward pass the handler's model runs from now on."""
+    shapes = []
+    handler.classifier.model.features.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
+    return shapes

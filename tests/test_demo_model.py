@@ -13,7 +13,6 @@ import io
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,10 +25,10 @@ from anysize.scale_policy import parse_range, parse_scales, view_sizes
 from anysize.vgg_models import HEADS, aggregate, load_model
 from anysize.weights import read_state_dict
 from anysize_tools.archive import ArchiveSpec, build
+from anysize_tools.paths import REPO
 from anysize_tools.shape_probe import probe_jpeg
 from anysize_tools.shapes import CLASSES, render_example
 
-REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "model_store" / "demo"
 STUDY = REPO / "docs" / "resolution-study.json"
 SERVING = json.loads((DEMO / "demo-vgg.serving.json").read_text())

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from anysize_tools import archive as build_archive
+from anysize_tools.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 OVERLAYS = ("cpu", "gpu")
 KUBERNETES_VERSION = "1.31.0"

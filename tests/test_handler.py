@@ -145,6 +145,21 @@ def test_precision_and_memory_format_options(model_dir, vgg11_reference, options
         assert abs(prediction["probability"] - expected[prediction["index"]].item()) <= tolerance
 
 
+@pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("bf16", False), ("fp16", False)])
+def test_each_precision_sets_the_tf32_flags_it_depends_on(demo_handler, precision, tf32):
+    """PyTorch's default leaves cuDNN convolutions in TF32 on a GPU: an fp32 archive must turn that off itself."""
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = [flag.allow_tf32 for flag in flags]
+    try:
+        for flag in flags:
+            flag.allow_tf32 = not tf32
+        demo_handler(precision=precision)
+        assert [flag.allow_tf32 for flag in flags] == [tf32, tf32]
+    finally:
+        for flag, value in zip(flags, before):
+            flag.allow_tf32 = value
+
+
 def test_non_finite_scores_are_an_error_not_invalid_json(handler, monkeypatch):
     monkeypatch.setattr(handler.classifier, "forward", lambda pixels: torch.full((len(pixels), 1000), float("nan")))
     answers, statuses = run(handler, [{"body": encode(make_photo(40, 40), "PNG")}])

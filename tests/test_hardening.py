@@ -14,19 +14,20 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psutil
 import pytest
 import requests
 
+from anysize.stage_metrics import batch_records
 from anysize_tools.archive import build, demo_spec
+from anysize_tools.auth import bearer
 from anysize_tools.hostile_corpus import cases, picture, saved
 from anysize_tools.torchserve import TorchServe
 
 pytestmark = pytest.mark.integration
 
-DEMO = Path(__file__).resolve().parent.parent / "model_store" / "demo"
+
 RESPONSE_TIMEOUT = 60  # seconds, the archives' responseTimeout: every answer must come within it
 CASES = cases()
 GOOD = saved(picture(112, 112, 21), "PNG")
@@ -140,15 +141,15 @@ def test_bad_inputs_mixed_into_batches_leave_the_good_ones_alone(server, referen
             assert answer.status_code == 200 and same_answer(answer.json(), reference)
         else:
             check_case(case, answer, elapsed)
-    mixed = [line for line in model_log.read_text(errors="replace")[offset:].splitlines()
-             if "batch of" in line and "0 refused" not in line and " 0 answered" not in line]
+    mixed = [batch for batch in batch_records(model_log.read_text(errors="replace")[offset:])
+             if batch.answered and batch.refused]
     assert mixed, "no batch held both answered and refused requests"
 
 
 def test_requests_without_or_with_a_wrong_key_run_nothing(server):
     model_log = server.workdir / "logs" / "model_log.log"
     time.sleep(1)  # the frontend copies worker output to the log asynchronously; let earlier tests' lines land
-    before = model_log.read_text(errors="replace").count("batch of")
+    before = len(batch_records(model_log.read_text(errors="replace")))
     assert oct((server.workdir / "key_file.json").stat().st_mode & 0o777) == "0o600"  # keys readable by owner only
     inference, management = server.url("inference"), server.url("management")
     for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "wrong-key"}):
@@ -159,7 +160,7 @@ def test_requests_without_or_with_a_wrong_key_run_nothing(server):
             # TorchServe words it "Token Authorization failed", or "Token Authentication failed" on the token API
             assert answer.status_code == 400 and "Token Auth" in answer.text, (method, url, answer.text)
     time.sleep(1)
-    assert model_log.read_text(errors="replace").count("batch of") == before  # no image reached the model
+    assert len(batch_records(model_log.read_text(errors="replace"))) == before  # no image reached the model
     assert len(server.workers("demo-fcn")) == 1  # the refused scale-up changed nothing
 
 
@@ -171,14 +172,14 @@ def test_inference_key_rotation(server, reference):
                                         headers=server.headers("management"), timeout=30)
     assert with_management_key.status_code == 400 and server.keys()["inference"] == old
     rotated = requests.post(f"{server.url('management')}/token", params={"type": "inference"},
-                            headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+                            headers=bearer(api_key), timeout=30)
     assert rotated.status_code == 200, rotated.text
     new = server.keys()["inference"]  # TorchServe rewrites key_file.json
     assert new != old
     url = f"{server.url('inference')}/predictions/demo-fcn"
-    stale = requests.post(url, data=GOOD, headers={"Authorization": f"Bearer {old}"}, timeout=30)
+    stale = requests.post(url, data=GOOD, headers=bearer(old), timeout=30)
     assert stale.status_code == 400
-    fresh = requests.post(url, data=GOOD, headers={"Authorization": f"Bearer {new}"}, timeout=30)
+    fresh = requests.post(url, data=GOOD, headers=bearer(new), timeout=30)
     assert fresh.status_code == 200 and same_answer(fresh.json(), reference)
 
 

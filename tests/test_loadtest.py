@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from anysize_tools import benchmark
-from anysize_tools.torchserve import read_keys
+from anysize_tools.auth import read_keys
+from anysize_tools.paths import REPO
 from anysize_tools.workloads import CONTENT_TYPES, PROFILES, ensure_images, profile_kinds
 
-REPO = Path(__file__).resolve().parent.parent
 LOADTEST = REPO / "loadtests" / "loadtest.py"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,8 @@ from anysize.image_decoding import decode_views, network_size
 from anysize.scale_policy import combine_views, parse_range, parse_scales, view_sizes, working_size
 from anysize.vgg_models import AGGREGATIONS, aggregate, load_model
 from anysize.weights import read_state_dict
+from anysize_tools.paths import DEMO
 
-DEMO = Path(__file__).resolve().parent.parent / "model_store" / "demo"
 MAX_PIXELS, MIN_SIDE = 4_194_304, 32
 
 

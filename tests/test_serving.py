@@ -3,7 +3,6 @@ weights file: every served probability is checked against a direct PyTorch compu
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import requests
 import torch
 from helpers import decode_rgb, encode, make_photo, reference_probabilities
 
+from anysize.stage_metrics import batch_records
 from anysize_tools.archive import ArchiveSpec, build
 from anysize_tools.paths import HANDLERS
 from anysize_tools.torchserve import TorchServe
@@ -91,8 +91,7 @@ def test_concurrent_requests_are_batched_and_answered_as_singles(server, vgg11_r
     for body, answer in zip(bodies, answers):
         assert answer.status_code == 200, answer.text
         assert_matches_reference(answer.json(), body, "fcn", vgg11_reference)
-    batch_sizes = [int(n) for n in re.findall(r"batch of (\d+) requests", (server.workdir / "logs" /
-                                                                          "model_log.log").read_text())]
+    batch_sizes = [batch.requests for batch in batch_records((server.workdir / "logs" / "model_log.log").read_text())]
     assert max(batch_sizes) > 1, "no request was ever batched with another"
 
 

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import reference_logits, test_state_dict, torchvision_model
+from helpers import reference_logits, seeded_state_dict, torchvision_model
 
 from anysize.vgg_models import (ARCHS, HEADS, TORCHVISION_ARCHS, DenseEvalVGG, build_model, fc_to_conv_state_dict,
                                 load_model, pool_up_to)
+from anysize_tools.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SIZES = [(32, 32), (97, 211), (224, 224), (225, 225), (480, 640), (1024, 768)]
 
 
 @pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
 def test_both_heads_equal_torchvision_at_224(arch):
-    state_dict = test_state_dict(arch, seed=3)
+    state_dict = seeded_state_dict(arch, seed=3)
     reference = torchvision_model(arch, state_dict)
     torch.manual_seed(4)
     x = torch.randn(2, 3, 224, 224)

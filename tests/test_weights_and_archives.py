@@ -17,8 +17,6 @@ from anysize import weights
 from anysize.weights import WeightsUnavailable, hub_cache_path, imagenet_weights, random_weights, read_state_dict
 from anysize_tools import archive as build_archive
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch):
@@ -190,17 +188,6 @@ def test_builder_holds_no_copy_of_the_weights_in_memory(vgg11_weights_file, tmp_
     assert building - baseline < weights_kb // 4, (baseline, building, weights_kb)
 
 
-def test_stop_leaves_a_process_group_that_is_not_torchserve_alone(tmp_path):
-    """A stale pid file whose number now belongs to another program must not get that program killed."""
-    from anysize_tools.torchserve import stop_process_group
-
-    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
-    try:
-        assert stop_process_group(other.pid, timeout=2) is False
-        assert other.poll() is None
-    finally:
-        other.kill()
-        other.wait()
 
 
 def test_serve_skips_imagenet_models_with_a_notice_when_weights_are_missing(empty_hub, capsys):
@@ -214,14 +201,3 @@ def test_serve_skips_imagenet_models_with_a_notice_when_weights_are_missing(empt
 def test_imagenet_is_refused_for_the_projects_own_architecture():
     with pytest.raises(WeightsUnavailable, match="no ImageNet weights"):
         imagenet_weights("demo")
-
-
-def test_keys_read_while_torchserve_writes_them_count_as_not_there_yet(tmp_path):
-    from anysize_tools.torchserve import TorchServe
-
-    server = TorchServe(tmp_path, tmp_path, [])
-    assert server.keys() == {} and server.headers("inference") == {}
-    (tmp_path / "key_file.json").write_text('{"management": {"key": "abc", "expira')
-    assert server.keys() == {}
-    (tmp_path / "key_file.json").write_text('{"inference": {"key": "k1"}, "management": {"key": "k2"}}')
-    assert server.headers("inference") == {"Authorization": "Bearer k1"}

@@ -16,7 +16,7 @@ import logging
 import os
 from collections import defaultdict
 from contextlib import nullcontext
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Sequence, Tuple, Union
 
 import torch
 
@@ -24,12 +24,13 @@ from . import request_errors as errors
 from .compiled_model import SizeBoundedCompile
 from .handler_config import HandlerOptions
 from .image_decoding import decode_jpeg_batch, decode_views, is_plain_jpeg, normalize, open_image
+from .precision import PRECISION_TABLE
 from .request_errors import RequestError
 from .request_options import RequestOptions, bad_option
 from .scale_policy import combine_views, parse_scales, view_sizes
 from .size_buckets import parse_sizes, resize_to_bucket
 from .stage_metrics import StageClock
-from .vgg_models import ScoreMap, aggregate
+from .vgg_models import aggregate
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,17 @@ def is_out_of_memory(error: BaseException) -> bool:
             or "out of memory" in str(error))
 
 
+def images_per_pass(max_pixels: int, height: int, width: int) -> int:
+    """How many images of this size one forward pass holds: at most max_pixels input pixels (at least one)."""
+    return max(1, max_pixels // (height * width))
+
+
+class Classified(NamedTuple):
+    """What ``ImageClassifier.classify`` returns for a batch."""
+    answers: List[Union[dict, RequestError]]
+    clock: StageClock  # where the batch's time went, for the handler's log line and metrics
+
+
 class ImageClassifier:
     """A loaded model plus the options that shape its requests and responses."""
 
@@ -69,22 +81,19 @@ class ImageClassifier:
         # channels_last helps the convolutional trunk; the classifier's fc6 weight must stay contiguous, or the
         # fcn head's matrix product would copy it (400 MB for vgg16) on every forward pass.
         getattr(self.model, "features", self.model).to(memory_format=self.memory_format)
-        # What one pass computes: the fcn head's class-score map (aggregated per request afterwards, so requests
-        # that ask for different aggregations still share the pass), or the adaptive head's logits.
-        scores = ScoreMap(self.model) if options.head == "fcn" else self.model
+        scores = self.model.served()  # the fcn head's class-score map, or the adaptive head's logits
         self.run_model = SizeBoundedCompile(scores, options.compile_max_sizes) if options.compile else scores
         self.defaults = RequestOptions(
             topk=min(options.topk, len(self.labels)), scale_policy=options.scale_policy,
             scales=parse_scales(options.scales), flip=options.flip,
-            aggregation=options.aggregation if options.head == "fcn" else None,
+            aggregation=options.aggregation if self.model.has_score_map else None,
             view_aggregation=options.view_aggregation)
         self.buckets = options.bucket_sizes
         # nvJPEG decodes a batch of JPEGs straight into GPU memory; on a CPU they are decoded one by one.
         self.jpeg_batch_device = device if device.type == "cuda" and options.gpu_decode else None
-        self.clock = StageClock()  # the last batch's stage times, for the handler's log line and metrics
-        if options.precision == "tf32":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        self.clock = StageClock()  # the batch in progress's stage times (returned by classify)
+        self.precision = PRECISION_TABLE[options.precision]
+        self.precision.apply()  # fp32 turns TF32 off: PyTorch's default leaves cuDNN convolutions in TF32
 
     def warm_up(self, batch_size: int) -> None:
         """Forward passes at the configured sizes, at batch 1 and batchSize, before the first request: kernel
@@ -99,9 +108,9 @@ class ImageClassifier:
         self.clock = StageClock()
 
     def classify(self, bodies: Sequence[Union[bytes, RequestError]],
-                 requests: Sequence[Options] | None = None) -> List[Union[dict, RequestError]]:
-        """One answer per body, in order: a response dict or the RequestError for that body. ``requests``: each
-        body's options (default: the archive's)."""
+                 requests: Sequence[Options] | None = None) -> "Classified":
+        """One answer per body, in order (a response dict or the RequestError for that body), and the batch's
+        stage times. ``requests``: each body's options (default: the archive's)."""
         requests = list(requests) if requests is not None else [self.defaults] * len(bodies)
         self.clock = StageClock()
         with self.clock.stage("decode"):
@@ -113,7 +122,7 @@ class ImageClassifier:
                        for i, item in enumerate(decoded)]
         self.clock.counts["images"] = len(probabilities)
         self.clock.counts["refused"] = sum(isinstance(answer, RequestError) for answer in answers)
-        return answers
+        return Classified(answers, self.clock)
 
     def sizes_for(self, request: RequestOptions):
         """The sizes an image is fed at under ``request``: a function of the upright image's width and height.
@@ -221,8 +230,7 @@ class ImageClassifier:
         return views
 
     def images_per_pass(self, height: int, width: int) -> int:
-        """How many images of this size one forward pass holds: at most max_pixels input pixels (at least one)."""
-        return max(1, self.options.max_pixels // (height * width))
+        return images_per_pass(self.options.max_pixels, height, width)
 
     def group(self, images: Sequence[Union[torch.Tensor, RequestError]]) -> List[List[int]]:
         """Indices of same-sized images, split so no forward pass holds more than max_pixels input pixels."""
@@ -308,7 +316,7 @@ class ImageClassifier:
             return scores
 
     def autocast(self):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.options.precision)
+        dtype = self.precision.autocast
         return torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
 
     def release_memory(self):

@@ -21,7 +21,7 @@ from .classifier import ImageClassifier
 from .handler_config import HandlerOptions
 from .request_errors import RequestError, empty_body, not_an_image
 from .request_options import RequestOptions, parse_options
-from .stage_metrics import STAGES, emit
+from .stage_metrics import batch_line, emit
 from .vgg_models import load_model
 from .weights import read_state_dict
 
@@ -73,13 +73,9 @@ class SizeAgnosticVGGHandler:
 
     def handle(self, data: List[dict], context) -> List[str]:
         bodies = [request_body(row) for row in data]
-        answers = self.classifier.classify(bodies, [self.request_options(row, request_headers(context, index))
-                                                    for index, row in enumerate(data)])
-        clock = self.classifier.clock
-        # One line per batch in model_log.log; loadtests/benchmark.py parses it (keep the format in step with it).
-        logger.info("batch of %d requests: %d answered, %d refused; decode %.1f ms, preprocess %.1f ms, forward "
-                    "%.1f ms, postprocess %.1f ms", len(data), len(data) - clock.counts["refused"],
-                    clock.counts["refused"], *(clock.ms[stage] for stage in STAGES))
+        answers, clock = self.classifier.classify(
+            bodies, [self.request_options(row, request_headers(context, index)) for index, row in enumerate(data)])
+        logger.info("%s", batch_line(len(data), clock))  # one line per batch in model_log.log (stage_metrics)
         if getattr(context, "metrics", None) is not None:
             try:
                 emit(context.metrics, clock)

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from .precision import PRECISIONS
 from .scale_policy import POLICIES, VIEW_AGGREGATIONS, parse_range, parse_scales
 from .size_buckets import parse_sizes
-from .vgg_models import AGGREGATIONS
+from .vgg_models import AGGREGATIONS, HEAD_CLASSES
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,9 @@ class HandlerOptions:
             raise ValueError(f"view_aggregation must be one of {VIEW_AGGREGATIONS}, not {self.view_aggregation!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {self.aggregation!r}")
-        if self.head != "fcn" and self.aggregation != "mean":
+        if self.head not in HEAD_CLASSES:
+            raise ValueError(f"head must be one of {tuple(HEAD_CLASSES)}, not {self.head!r}")
+        if not HEAD_CLASSES[self.head].has_score_map and self.aggregation != "mean":
             raise ValueError(f"aggregation applies to the fcn head's class-score map only; the {self.head} head "
                              f"keeps 'mean'")
         for width, height in self.bucket_sizes:

@@ -1,4 +1,5 @@
-"""Where a batch's time goes: the classifier's stages timed per batch, and their export as TorchServe metrics.
+"""Where a batch's time goes: the classifier's stages timed per batch, their export as TorchServe metrics, and the
+handler's per-batch log line (its format and its parser side by side: the benchmark reads the server's logs).
 
 The counters add up milliseconds per stage (and images, refusals, forward passes), so in Prometheus
 ``rate(StageForwardMs[1m]) / rate(ImagesClassified[1m])`` is the forward time per image. Their names and
@@ -8,9 +9,11 @@ declared model metrics.
 
 from __future__ import annotations
 
+import re
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterator
+from dataclasses import dataclass
+from typing import Dict, Iterator, List
 
 STAGES = ("decode", "preprocess", "forward", "postprocess")
 STAGE_METRICS = {"decode": "StageDecodeMs", "preprocess": "StagePreprocessMs", "forward": "StageForwardMs",
@@ -32,6 +35,33 @@ class StageClock:
             yield
         finally:
             self.ms[name] += 1000 * (time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One handler batch as its log line tells it."""
+    requests: int
+    answered: int
+    refused: int
+    ms: Dict[str, float]
+
+
+BATCH_LINE = re.compile(r"batch of (\d+) requests: (\d+) answered, (\d+) refused; "
+                        + ", ".join(rf"{stage} ([\d.]+) ms" for stage in STAGES))
+
+
+def batch_line(requests: int, clock: StageClock) -> str:
+    """The line the handler logs after each batch (parsed back by ``batch_records``)."""
+    refused = clock.counts["refused"]
+    return (f"batch of {requests} requests: {requests - refused} answered, {refused} refused; "
+            + ", ".join(f"{stage} {clock.ms[stage]:.1f} ms" for stage in STAGES))
+
+
+def batch_records(log: str) -> List[BatchRecord]:
+    """Every batch line in a log text (TorchServe's model_log.log), in order."""
+    return [BatchRecord(int(match[0]), int(match[1]), int(match[2]),
+                        {stage: float(value) for stage, value in zip(STAGES, match[3:])})
+            for match in BATCH_LINE.findall(log)]
 
 
 def emit(metrics, clock: StageClock) -> None:

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEADS = ("adaptive", "fcn")
 # How the fcn head turns its class-score map (N, classes, H', W') into one score per class:
 # mean - the VGG paper's dense evaluation; max - each class scored by its best window (a small object on a large
 # background); lse - log-mean-exp over positions, between the two (mean for flat maps, max for one strong window).
@@ -143,6 +142,7 @@ class AdaptivePoolVGG(nn.Module):
     """torchvision's VGG: any input size, because the feature map is average-pooled to 7x7 before fc6."""
 
     head = "adaptive"
+    has_score_map = False  # one score per class straight from the pooled map: nothing to aggregate
 
     def __init__(self, spec: VGGSpec, num_classes: int = 1000):
         super().__init__()
@@ -155,6 +155,10 @@ class AdaptivePoolVGG(nn.Module):
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
 
+    def served(self) -> nn.Module:
+        """What one served forward pass computes: the logits."""
+        return self
+
 
 class DenseEvalVGG(nn.Module):
     """The VGG paper's dense evaluation: the classifier slides over the feature map and its class scores are averaged.
@@ -164,6 +168,7 @@ class DenseEvalVGG(nn.Module):
     """
 
     head = "fcn"
+    has_score_map = True  # a class-score map per image, aggregated over positions per request
 
     def __init__(self, spec: VGGSpec, num_classes: int = 1000):
         super().__init__()
@@ -177,6 +182,16 @@ class DenseEvalVGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.class_score_map(x).mean(dim=(2, 3))
+
+    def served(self) -> nn.Module:
+        """What one served forward pass computes: the class-score map, aggregated per request afterwards (so
+        requests asking for different aggregations still share the pass)."""
+        return ScoreMap(self)
+
+
+# The heads by name (each class names itself): what archives, requests and the builder choose from.
+HEAD_CLASSES: Dict[str, type] = {cls.head: cls for cls in (AdaptivePoolVGG, DenseEvalVGG)}
+HEADS = tuple(HEAD_CLASSES)
 
 
 def aggregate(score_map: torch.Tensor, how: str) -> torch.Tensor:
@@ -232,8 +247,7 @@ def build_model(arch: str, head: str, num_classes: int = 1000, spec: VGGSpec | N
         if arch not in ARCHS:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
         spec = ARCHS[arch]
-    model_class = AdaptivePoolVGG if head == "adaptive" else DenseEvalVGG
-    return model_class(spec, num_classes).eval()
+    return HEAD_CLASSES[head](spec, num_classes).eval()
 
 
 def load_model(arch: str, head: str, state_dict: Dict[str, torch.Tensor], spec: VGGSpec | None = None) -> nn.Module:
@@ -241,7 +255,7 @@ def load_model(arch: str, head: str, state_dict: Dict[str, torch.Tensor], spec: 
     spec = spec or ARCHS[arch]
     with torch.device("meta"):
         model = build_model(arch, head, num_classes_in(state_dict), spec)
-    if head == "fcn":
+    if HEAD_CLASSES[head].has_score_map:  # the FC layers as convolutions: the same tensors, reshaped
         state_dict = fc_to_conv_state_dict(state_dict, spec)
     model.load_state_dict(state_dict, strict=True, assign=True)
     return model.eval()
