@@ -16,7 +16,7 @@ from multiprocessing import Pool
 import resolution_study as study
 import torch
 
-from anysize.image_decoding import decode_views, normalize
+from anysize.image_decoding import normalize
 from anysize.scale_policy import combine_views, view_sizes
 from anysize.vgg_models import pool_up_to
 from anysize.weights import read_state_dict
@@ -55,15 +55,9 @@ def position_rules():
 @torch.inference_mode()
 def score_maps(trunk, classifier, pictures, sizes_for):
     """Per picture: a list over views (and mirrors) of (classes, positions) logits."""
-    out = []
-    for body, _ in pictures:
-        views = decode_views(body, sizes_for, 16 * study.MAX_PIXELS)
-        maps = []
-        for view in views + [v.flip(1) for v in views]:
-            score_map = classifier(pool_up_to(trunk(normalize(view[None])), study.ARCHS["demo"].pool_size))[0]
-            maps.append(score_map.flatten(1))
-        out.append(maps)
-    return out
+    pool = study.ARCHS["demo"].pool_size
+    return [[classifier(pool_up_to(trunk(normalize(view[None])), pool))[0].flatten(1)
+             for view in study.views_and_mirrors(body, sizes_for, flip=True)] for body, _ in pictures]
 
 
 def evaluate(maps, labels, rules, extra):
@@ -91,8 +85,7 @@ def main() -> int:
     def sizes_for(width, height):  # the study's scales, then the picture's own size (at most 1 MP) if larger
         sizes = view_sizes(width, height, "native", None, study.MULTI_SCALES, study.MAX_PIXELS, study.MIN_SIDE)
         if min(width, height) > max(study.MULTI_SCALES):
-            shrink = min(1.0, (OWN_SIZE_CAP / (width * height)) ** 0.5)
-            sizes.append((max(1, int(width * shrink)), max(1, int(height * shrink))))
+            sizes.append(study.own_size(width, height, OWN_SIZE_CAP))
         return sizes
     rules = position_rules()
     results = {}

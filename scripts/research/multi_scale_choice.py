@@ -17,7 +17,6 @@ from multiprocessing import Pool
 import resolution_study as study
 import torch
 
-from anysize.image_decoding import decode_views
 from anysize.scale_policy import view_sizes
 from anysize.weights import read_state_dict
 from anysize_tools.paths import REPO
@@ -45,8 +44,7 @@ def planner(scales, own_size):
             return view_sizes(width, height, "working", WORKING, (), study.MAX_PIXELS, study.MIN_SIDE)
         planned = view_sizes(width, height, "native", None, scales, study.MAX_PIXELS, study.MIN_SIDE)
         if own_size and min(width, height) > max(scales):
-            shrink = min(1.0, (OWN_SIZE_CAP / (width * height)) ** 0.5)
-            planned.append((max(1, int(width * shrink)), max(1, int(height * shrink))))
+            planned.append(study.own_size(width, height, OWN_SIZE_CAP))
         return planned
     return sizes
 
@@ -54,10 +52,7 @@ def planner(scales, own_size):
 @torch.inference_mode()
 def view_probabilities(scorer, pictures, sizes_for, flip):
     """{method: (pictures, views, classes)} soft-max outputs of every view (and mirror) of every picture."""
-    views = []
-    for body, _ in pictures:
-        decoded = decode_views(body, sizes_for, 16 * study.MAX_PIXELS)
-        views.append(decoded + [view.flip(1) for view in decoded] if flip else decoded)
+    views = [study.views_and_mirrors(body, sizes_for, flip) for body, _ in pictures]
     out = {}
     for position in range(len(views[0])):  # every picture of a condition has the same views
         group = [picture_views[position] for picture_views in views]
