@@ -65,7 +65,7 @@ def served_by_hand(model, head: str, body: bytes) -> torch.Tensor:
     best = rows.max(0).values
     return best / best.sum()
 FRESH_SEED = 20261203  # the study uses seeds 0 (scenes) and 1 (probe); these pictures are new to both
-SAMPLES = 30  # per head and size: the margin below stays far above chance (the floor is 8x it)
+SAMPLES = 20  # per head and size: the margin below stays far above chance (the floor is 8x it)
 BY_HAND = 6  # of them also computed without the service, view by view
 FLOOR = 0.80
 
