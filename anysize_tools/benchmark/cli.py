@@ -1,0 +1,122 @@
+"""The benchmark's command: argument parsing and `main`, which runs the parts and writes results and docs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import answer_effects
+from ..loadtest import machine_description
+from ..paths import LOADTESTS, REPO
+from .bare import bare_model, decode_comparison, gpu_description
+from .plan import DEFAULT_PARTS, PARTS, plan
+from .render import write_doc
+from .served import served_run
+from .targets import targets
+
+RESULTS = LOADTESTS / "results"
+DOC_DATA = REPO / "docs" / "benchmarks.json"  # the numbers behind the doc, so it can be re-rendered from git
+
+# The command's --help text.
+DESCRIPTION = """The fast-path benchmark: served throughput against the bare model and TorchServe's stock handler, per precision,
+at 224x224 and on mixed sizes, plus what the fast-path options do to answers; it checks issue 7's targets.
+
+    make bench                              # the suite for this machine (CPU: about 25 minutes on 2 cores)
+    python loadtests/benchmark.py --parts served --match vgg16 --duration 30     # a part, without touching docs
+    python loadtests/benchmark.py --parts sweep --doc                            # the batching sweep (40 minutes)
+    python loadtests/benchmark.py --render docs/benchmarks.json                  # re-render docs/benchmarks.md
+
+It runs on whatever machine it finds: on a CPU the CPU plan, with a CUDA GPU the GPU plan (larger batches, more
+workers, Locust in several processes, the 1080p workload), and writes the same tables either way. Every served run
+starts its own TorchServe on free local ports with an archive built for that configuration, warms it up, runs the
+project's Locust load test (loadtests/loadtest.py) and stops it. Its Locust report lands in
+loadtests/results/benchmark-<ts>/<run>/. The server's logs say where the time went: the frontend logs each
+request's queue wait and the worker's time for its batch, the handler logs each batch's stage times.
+
+The bare model is the handler's own ImageClassifier.forward (same model, precision, memory format,
+normalisation) on images decoded beforehand from the same cached files, with no server. The stock handler is
+TorchServe's built-in ``image_classifier`` (resize 256, centre-crop 224) serving the same VGG16 weights through a
+torchvision model file. Results go to results.json; a run of the default parts also copies them to
+docs/benchmarks.json and renders docs/benchmarks.md from them, keeping its hand-written "## Reading".
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", default=list(DEFAULT_PARTS), choices=PARTS)
+    parser.add_argument("--duration", type=int, default=15, help="seconds of load per served run")
+    parser.add_argument("--mixed-duration", type=int, default=30,
+                        help="seconds of load per run of the mixed workload (a 2048 px image takes about 1 s)")
+    parser.add_argument("--match", default="", help="only runs whose name contains this, e.g. demo-fcn-mixed")
+    parser.add_argument("--render", type=Path, help="only render docs/benchmarks.md from this results.json")
+    parser.add_argument("--doc", action="store_true",
+                        help="write docs/benchmarks.{md,json} even from a partial run (the default parts always do)")
+    args = parser.parse_args()
+    if args.render:
+        write_doc(json.loads(args.render.read_text()))
+        return 0
+
+    from importlib.metadata import version  # importing locust here would monkey-patch this process with gevent
+
+    import torch
+
+    started = time.time()
+    out_dir = RESULTS / time.strftime("benchmark-%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True)
+    gpu = torch.cuda.is_available()
+    results = {"meta": {"machine": machine_description(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "torchserve": version("torchserve"),
+                        "locust": version("locust"), "duration": args.duration,
+                        "mixed_duration": args.mixed_duration, "gpu": gpu_description(),
+                        "command": " ".join(["python loadtests/benchmark.py", *sys.argv[1:]]),
+                        "results_dir": str(out_dir.relative_to(REPO)), "date": time.strftime("%Y-%m-%d")},
+               "bare": [], "served": []}
+    runs = plan(args.parts, gpu)
+    failed = 0
+
+    def save():
+        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+
+    if "decode" in args.parts:
+        results["decode"] = decode_comparison()
+    if "answers" in args.parts:
+        results["answers"] = {"precision": answer_effects.precision_effects(),
+                              "buckets": answer_effects.bucket_effects()}
+    save()
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as scratch_name:
+        scratch = Path(scratch_name)
+        for model, head, workload, batches, precision, channels_last in runs["bare"]:
+            key = f"{model}-{head}-{workload}"
+            if args.match not in key and not args.match.startswith(key):  # the bare run behind a matched served run
+                continue
+            results["bare"].append(bare_model(model, head, workload, batches, scratch, precision, channels_last))
+            save()
+        for config in runs["served"]:
+            if args.match not in config.name:
+                continue
+            try:
+                duration = args.mixed_duration if config.workload == "mixed" else args.duration
+                run = served_run(config, scratch, out_dir, duration)
+            except Exception as error:  # one broken configuration must not lose the others' numbers
+                print(f"[served] {config.name} FAILED: {error}", flush=True)
+                run = {"config": asdict(config), "name": config.name, "status": 1, "error": str(error)}
+            failed += run["status"] != 0
+            results["served"].append(run)
+            save()
+    results["meta"]["minutes"] = (time.time() - started) / 60
+    save()
+    print(f"[benchmark] results: {out_dir / 'results.json'}", flush=True)
+    for row in targets(results):
+        print(f"[target] {row['machine']}: {row['target']}: {row['measured']} "
+              f"({ {True: 'met', False: 'NOT MET', None: '-'}[row['met']] })", flush=True)
+    default = not args.match and set(args.parts) == set(DEFAULT_PARTS)
+    if default or args.doc:  # a partial run would replace the published tables with a subset
+        if default:
+            DOC_DATA.write_text(json.dumps(results, indent=1))
+        write_doc(results)
+    return 1 if failed else 0

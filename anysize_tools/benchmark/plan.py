@@ -1,0 +1,127 @@
+"""The run configurations: the parts, the served configurations (`Served`), their weights, the plan per machine."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List
+
+from .. import answer_effects
+from ..paths import REPO
+from ..workloads import MIXED_LONG_SIDES
+
+DEMO = REPO / "model_store" / "demo"
+PARTS = ("decode", "bare", "served", "stock", "answers", "sweep")
+DEFAULT_PARTS = ("decode", "bare", "served", "stock", "answers")  # `make bench`; the sweep is `make bench-sweep`
+IDLE_PAUSE = 0.02  # seconds idle before each timed call of the "after idle" bare figure
+SWEEP_USERS = 16  # enough closed-loop users to fill the largest batch
+SWEEP_DELAYS = (5, 25, 100)  # maxBatchDelay values, milliseconds
+MIXED_USERS = 12  # enough to fill batches of 4 on mixed sizes (not SWEEP_USERS: that number marks sweep runs)
+
+SAME_SIZE_WORKLOADS = ("fixed", "1080p")  # every image the same size: the server can batch up to batchSize
+WARMUP_SIZES = {"fixed": "224x224", "1080p": "1920x1080"}  # the sizes a workload sends, warmed up at worker start
+# Buckets for the mixed workload: a square, a landscape and a portrait size per long side it draws from.
+MIXED_BUCKETS = answer_effects.bucket_sizes(MIXED_LONG_SIDES)
+FAST = {"precision": "bf16", "channels_last": True}  # the reduced-precision variant measured next to fp32
+
+
+@dataclass(frozen=True)
+class Served:
+    """One served configuration; ``handler`` is 'ours' or 'stock'."""
+    model: str  # demo or vgg16
+    head: str
+    workload: str
+    batch: int
+    delay: int
+    workers: int
+    users: int
+    handler: str = "ours"
+    precision: str = "fp32"
+    channels_last: bool = False
+    buckets: str = ""
+    compile: bool = False
+    processes: int = 1  # Locust processes: one master and this many workers when above 1
+
+    @property
+    def variant(self) -> str:
+        return variant(asdict(self))
+
+    @property
+    def name(self) -> str:
+        head = "stock" if self.handler == "stock" else self.head
+        suffix = "".join(f"-{part}" for part in self.variant.split() if part != "fp32")
+        return (f"{self.model}-{head}-{self.workload}-b{self.batch}-d{self.delay}-w{self.workers}-u{self.users}"
+                + suffix.replace("+", "-"))
+
+
+def variant(config: dict) -> str:
+    """'fp32', 'bf16+cl', 'fp32 buckets', ... from a configuration (older results lack the newer keys)."""
+    text = config.get("precision", "fp32") + ("+cl" if config.get("channels_last") else "")
+    if config.get("buckets"):
+        text += " buckets"
+    if config.get("compile"):
+        text += " compiled"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+def weights_for(model: str, scratch: Path) -> Dict[str, str]:
+    """Builder arguments for the model's weights: the shipped demo weights, or seeded random VGG16 weights saved
+    once (speed does not depend on the values)."""
+    if model == "demo":
+        return {"arch": "demo", "weights": str(DEMO / "demo-vgg.pth"), "labels": str(DEMO / "labels.json")}
+    path = scratch / f"{model}-random-seed0.pth"
+    if not path.is_file():
+        from anysize.weights import random_weights
+
+        random_weights(model, 0, scratch)
+    return {"arch": model, "weights": str(path), "labels": None}
+
+
+# ------------------------------------------------------------------------------------------------------ plan
+def plan(parts: List[str], gpu: bool) -> Dict[str, list]:
+    """Bare-model measurements as (model, head, workload, batch sizes, precision, channels_last) and the served
+    configurations, for this machine. On a CPU, VGG16 runs at 224x224 only (a 2048 px image takes about 16 s) and
+    mixed sizes use the demo model; on a GPU, VGG16 also runs the 1080p workload, with bigger batches, several
+    workers and Locust in several processes (above about a thousand requests per second one process is the limit)."""
+    runs: Dict[str, list] = {"bare": [], "served": []}
+    heads = ("fcn", "adaptive")
+    if gpu:
+        batch, fp32_batch, workers, users, processes = 64, 64, 2, 256, 4
+        big = {"batch": 8, "users": 32}
+    else:
+        # fp32 gains nothing from batching on this CPU (bare vgg16: 190 ms per image at batch 1, 204 at batch 8),
+        # bf16 halves its time per image at batch 8.
+        batch, fp32_batch, workers, users, processes = 8, 1, 1, 16, 1
+    if "bare" in parts:
+        for head in heads:
+            for precision, channels_last in (("fp32", False), ("bf16", True)):
+                runs["bare"].append(("vgg16", head, "fixed", sorted({1, batch}), precision, channels_last))
+                runs["bare"].append(("demo", head, "mixed", [1], precision, channels_last))
+                if gpu:
+                    runs["bare"].append(("vgg16", head, "1080p", [1, big["batch"]], precision, channels_last))
+        runs["bare"] += [("demo", "fcn", "fixed", [1], "fp32", False), ("demo", "fcn", "formats", [1, 4], "fp32", False)]
+    if "served" in parts:
+        for head in heads:
+            runs["served"] += [
+                Served("vgg16", head, "fixed", fp32_batch, 5, workers, users, processes=processes),
+                Served("vgg16", head, "fixed", batch, 5, workers, users, processes=processes, **FAST),
+                Served("vgg16", head, "fixed", batch, 5, workers, users, processes=processes, compile=True, **FAST),
+                Served("demo", head, "mixed", 4, 5, 1, MIXED_USERS),
+                Served("demo", head, "mixed", 4, 5, 1, MIXED_USERS, **FAST)]
+            if gpu:
+                runs["served"] += [Served("vgg16", head, "1080p", big["batch"], 5, workers, big["users"], **FAST)]
+        runs["served"] += [Served("demo", "fcn", "mixed", 4, 5, 1, MIXED_USERS, buckets=MIXED_BUCKETS)]
+        runs["served"] += [Served("demo", "fcn", "formats", 4, 5, 1, 8)]
+        # One user, nothing queued: client latency minus the logged queue and worker time is the frontend's own cost.
+        runs["served"] += [Served("demo", "fcn", "fixed", 1, 5, 1, 1), Served("vgg16", "fcn", "fixed", 1, 5, 1, 1)]
+    if "stock" in parts:
+        # The same workers and Locust processes as ours, so the ratio compares handlers, not configurations.
+        runs["served"] += [Served("vgg16", "adaptive", "fixed", b, 5, workers, users, handler="stock",
+                                  processes=processes) for b in sorted({1, batch})]
+    if "sweep" in parts:
+        # maxBatchDelay means nothing at batchSize 1 (a batch of one never waits), so it is swept above that.
+        runs["served"] += [Served("demo", "fcn", workload, batch, delay, workers, SWEEP_USERS)
+                           for workload in ("fixed", "mixed") for workers in (1, 2) for batch in (1, 4, 8, 16)
+                           for delay in ((5,) if batch == 1 else SWEEP_DELAYS)]
+    return runs
