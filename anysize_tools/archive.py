@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Build a TorchServe model archive (.mar) of a size-agnostic VGG classifier: ``build(ArchiveSpec(...))``.
 
+    python scripts/build_archive.py --arch vgg16 --head fcn --weights imagenet
+    python scripts/build_archive.py --arch vgg11 --head adaptive --weights random --name vgg11-test
+    python scripts/build_archive.py --arch vgg16 --head fcn --weights ~/my_vgg16.pth --labels labels.txt
+
 The command line (`scripts/build_archive.py`) is a thin layer over ``ArchiveSpec``. The weights file is packaged as
 it is (torchvision format) and converted to the head in the worker, so the builder never holds more than one copy
 of a 500 MB checkpoint: it checks a zip-format file through a memory map (a legacy-format one, like torchvision's
@@ -68,16 +72,23 @@ class ArchiveSpec:
     startup_timeout: int = 600  # seconds a worker may take to load and warm up (compiling takes minutes on a CPU)
     handler: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        """Refuse what can be refused before any weights are read (a 500 MB download, for imagenet)."""
+        if self.arch not in ARCHS:
+            raise BuildError(f"unknown arch {self.arch!r}; choose one of {', '.join(sorted(ARCHS))}")
+        if self.head not in HEADS:
+            raise BuildError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        unknown = sorted(set(self.handler) - set(HANDLER_FIELDS))
+        if unknown:
+            raise BuildError(f"unknown handler option(s) {', '.join(unknown)}; known: {', '.join(HANDLER_FIELDS)}")
+
     @property
     def model_name(self) -> str:
         return self.name or f"{self.arch}-{self.head}"
 
     def handler_options(self, weights: WeightsFile) -> HandlerOptions:
         """The archive's HandlerOptions: what the spec says, else the weights' serving defaults, else the
-        HandlerOptions defaults. Raises ValueError for an unknown field or a combination HandlerOptions refuses."""
-        unknown = sorted(set(self.handler) - set(HANDLER_FIELDS))
-        if unknown:
-            raise ValueError(f"unknown handler option(s) {', '.join(unknown)}; known: {', '.join(HANDLER_FIELDS)}")
+        HandlerOptions defaults. Raises ValueError for a combination HandlerOptions refuses."""
         given = dict(self.handler)
         if "working_scale" in given:
             given.setdefault("working_scale_source", "given to the archive builder")
@@ -94,6 +105,14 @@ class ArchiveSpec:
         return {"minWorkers": self.min_workers, "maxWorkers": self.max_workers, "batchSize": self.batch_size,
                 "maxBatchDelay": self.max_batch_delay, "responseTimeout": self.response_timeout,
                 "startupTimeout": self.startup_timeout, "handler": self.handler_options(weights).to_mapping()}
+
+
+# ArchiveSpec's TorchServe settings on the command line, with what they mean
+SERVING_FLAGS = {"batch_size": "requests TorchServe batches into one handler call",
+                 "max_batch_delay": "milliseconds to wait for a batch to fill",
+                 "min_workers": "worker processes at start", "max_workers": "worker processes at most",
+                 "response_timeout": "seconds a batch may take; large images on CPU are slow",
+                 "startup_timeout": "seconds a worker may take to load and warm up (compiling takes minutes on a CPU)"}
 
 
 def demo_spec(head: str, export_path: Path, **fields) -> ArchiveSpec:
@@ -119,9 +138,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> ArchiveSpec:
     parser.add_argument("--description", default="",
                         help="what responses say in their \"weights\" field (default: the source)")
     serving = parser.add_argument_group("serving (model-config.yaml)")
-    for spec_field in dataclasses.fields(ArchiveSpec):
-        if spec_field.type == "int" and spec_field.name != "seed":
-            serving.add_argument(f"--{spec_field.name.replace('_', '-')}", type=int, default=spec_field.default)
+    for name, meaning in SERVING_FLAGS.items():
+        serving.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(ArchiveSpec, name),
+                             help=f"{meaning} (default %(default)s)")
     handler = parser.add_argument_group("handler (model-config.yaml, handler section; default: HandlerOptions')")
     option = handler.add_argument
     option("--topk", type=int)

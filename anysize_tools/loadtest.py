@@ -25,14 +25,13 @@ from typing import Dict, List, Optional, Tuple
 import requests
 
 from .load_report import write_report
-from .paths import LOADTESTS, REPO
+from .paths import LOADTESTS, REPO, RESULTS, SERVE_DIR
 from .auth import bearer, inference_key
 from .torchserve import read_properties
 from .workloads import DEFAULT_CACHE, PROFILES, ensure_images
 
 LOCUSTFILE = LOADTESTS / "locustfile.py"
-RESULTS = LOADTESTS / "results"
-SERVE_KEY_FILE = REPO / ".serve" / "key_file.json"
+SERVE_KEY_FILE = SERVE_DIR / "key_file.json"
 
 
 def machine_description() -> str:

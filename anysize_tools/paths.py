@@ -13,3 +13,8 @@ DEMO = MODEL_STORE / "demo"
 DOCS = REPO / "docs"
 LOADTESTS = REPO / "loadtests"
 SERVE_DIR = REPO / ".serve"
+RESULTS = LOADTESTS / "results"  # load-test and benchmark runs (not committed)
+
+if not (REPO / "pyproject.toml").is_file():  # a plain (non-editable) install would point REPO into site-packages
+    raise ImportError(f"anysize_tools expects the checkout it is installed from in editable mode (pip install -e .); "
+                      f"{REPO} holds no pyproject.toml")

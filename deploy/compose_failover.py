@@ -30,7 +30,7 @@ from pathlib import Path
 import requests
 
 from anysize_tools.auth import bearer
-from anysize_tools.paths import REPO
+from anysize_tools.paths import DOCS, REPO
 from anysize_tools.shapes import render_example
 
 COMPOSE_FILE = REPO / "deploy" / "compose.yaml"
@@ -98,7 +98,7 @@ def main() -> int:
     parser.add_argument("--kill-at", type=float, default=20)
     parser.add_argument("--restart-at", type=float, default=45)
     parser.add_argument("--duration", type=int, default=90)
-    parser.add_argument("--output", type=Path, default=REPO / "docs" / "deploy-failover.json")
+    parser.add_argument("--output", type=Path, default=DOCS / "deploy-failover.json")
     args = parser.parse_args()
     key = secrets.token_hex(32)
     env = {**os.environ, "TS_INFERENCE_KEY": key}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import re
 import statistics
 import sys
@@ -127,7 +126,7 @@ def main() -> int:
     rows: List[Dict] = []
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
         store = Path(scratch) / "store"
-        build(dataclasses.replace(demo_spec(args.head, store), name=model))
+        build(demo_spec(args.head, store))  # named demo-HEAD, as `model`
         # Keys expire after token_expiration_min (60 in config.properties) and Locust reads them once: a longer
         # soak gets keys that outlive it.
         expiry = str(max(60, seconds(args.duration) // 60 + 10))

@@ -150,6 +150,16 @@ def test_the_builder_takes_serving_defaults_from_beside_the_weights_and_flags_ov
         assert "mine.serving.json" in capsys.readouterr().err
 
 
+def test_a_spec_with_an_unknown_option_head_or_arch_is_refused_before_any_weights_are_read():
+    from anysize_tools.archive import ArchiveSpec, BuildError
+
+    for fields in ({"head": "fcn", "handler": {"precison": "bf16"}}, {"head": "dense"}):
+        with pytest.raises(BuildError, match="unknown"):
+            ArchiveSpec(arch="vgg16", weights="imagenet", **fields)  # no download is attempted
+    with pytest.raises(BuildError, match="unknown arch"):
+        ArchiveSpec(arch="vgg17", head="fcn", weights="imagenet")
+
+
 def test_builder_refuses_weights_of_another_architecture(vgg11_weights_file, tmp_path, capsys):
     assert build_archive.main(["--arch", "vgg13", "--head", "fcn", "--weights", str(vgg11_weights_file),
                                "--export-path", str(tmp_path)]) == 2

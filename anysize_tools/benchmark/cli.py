@@ -12,15 +12,14 @@ from pathlib import Path
 
 from .. import answer_effects
 from ..loadtest import machine_description
-from ..paths import LOADTESTS, REPO
+from ..paths import DOCS, REPO, RESULTS
 from .bare import bare_model, decode_comparison, gpu_description
 from .plan import DEFAULT_PARTS, PARTS, plan
 from .render import write_doc
 from .served import served_run
 from .targets import targets
 
-RESULTS = LOADTESTS / "results"
-DOC_DATA = REPO / "docs" / "benchmarks.json"  # the numbers behind the doc, so it can be re-rendered from git
+DOC_DATA = DOCS / "benchmarks.json"  # the numbers behind the doc, so it can be re-rendered from git
 
 # The command's --help text.
 DESCRIPTION = """The fast-path benchmark: served throughput against the bare model and TorchServe's stock handler, per precision,

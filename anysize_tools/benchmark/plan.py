@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Dict, List
 
 from .. import answer_effects
-from ..paths import REPO
+from ..paths import DEMO
 from ..workloads import MIXED_LONG_SIDES
 
-DEMO = REPO / "model_store" / "demo"
 PARTS = ("decode", "bare", "served", "stock", "answers", "sweep")
 DEFAULT_PARTS = ("decode", "bare", "served", "stock", "answers")  # `make bench`; the sweep is `make bench-sweep`
 IDLE_PAUSE = 0.02  # seconds idle before each timed call of the "after idle" bare figure

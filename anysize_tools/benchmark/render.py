@@ -7,13 +7,13 @@ from typing import List
 
 from anysize.stage_metrics import STAGES
 
-from ..paths import REPO
+from ..paths import DOCS, REPO
 from ..workloads import PROFILES
 from .plan import IDLE_PAUSE, MIXED_BUCKETS, MIXED_USERS, SWEEP_USERS, variant
 from .targets import bare_share, best_run, fmt, targets
 
-DOC = REPO / "docs" / "benchmarks.md"
-SWEEP_DOC = REPO / "docs" / "batching-sweep.md"
+DOC = DOCS / "benchmarks.md"
+SWEEP_DOC = DOCS / "batching-sweep.md"
 READING_HEADING = "## Reading"
 
 
@@ -176,7 +176,7 @@ def render(results: dict) -> str:
         "",
         "Reduced precision against fp32 on the same held-out test scenes of the demo model (one in seven at its "
         "training size 112x112, the rest at long side 160 in six aspect ratios), through the handler's own forward "
-        "pass (`anysize_tools/answer_effects.py`). tf32 changes nothing on a CPU (it is a GPU matmul mode).",
+        "pass (`anysize_tools/answer_effects.py`). tf32 changes nothing on a CPU (it is a GPU mode for convolutions and matmuls; fp32 turns it off).",
         "",
         "| model | option | images | top-1 agreement with fp32 | largest probability difference | top-1 accuracy |",
         "|---|---|---:|---:|---:|---|",

@@ -14,7 +14,6 @@ from .size_buckets import parse_sizes
 from .vgg_models import AGGREGATIONS, HEAD_CLASSES
 
 
-
 @dataclass(frozen=True)
 class HandlerOptions:
     arch: str

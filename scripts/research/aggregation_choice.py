@@ -20,7 +20,7 @@ from anysize.image_decoding import normalize
 from anysize.scale_policy import combine_views, view_sizes
 from anysize.vgg_models import pool_up_to
 from anysize.weights import read_state_dict
-from anysize_tools.paths import REPO
+from anysize_tools.paths import DOCS
 
 SEED, PICTURES, CHUNK = 5, 60, 20
 OWN_SIZE_CAP = 1_048_576  # pixels of the optional view at the picture's own size
@@ -108,7 +108,7 @@ def main() -> int:
         summary[rule] = {"mean": round(sum(values.values()) / len(values), 4), "worst": min(values.values()),
                          "zoom_mean": round(sum(zoom) / len(zoom), 4), "zoom_worst": min(zoom),
                          "canvas_mean": round(sum(canvas) / len(canvas), 4), "canvas_worst": min(canvas)}
-    (REPO / "docs" / "aggregation-choice.json").write_text(json.dumps({
+    (DOCS / "aggregation-choice.json").write_text(json.dumps({
         "command": "python scripts/research/aggregation_choice.py", "date": datetime.now(timezone.utc).date().isoformat(),
         "machine": f"{platform.machine()} CPU, 2 threads", "torch": torch.__version__, "weights": "demo-vgg.pth",
         "seed": SEED, "pictures_per_condition_and_source": PICTURES, "scales": list(study.MULTI_SCALES),

@@ -19,7 +19,7 @@ import torch
 
 from anysize.scale_policy import view_sizes
 from anysize.weights import read_state_dict
-from anysize_tools.paths import REPO
+from anysize_tools.paths import DOCS
 
 SEED, PICTURES, CHUNK = 5, 100, 25
 WORKING = (112, 168)  # the single view's range, as the study derives it
@@ -85,7 +85,7 @@ def main() -> int:
                         method: round(float((combine(rows, combination).argmax(1) == labels).float().mean()), 3)
                         for method, rows in probabilities.items()}
             print(mode, name, flush=True)
-    (REPO / "docs" / "multi-scale-choice.json").write_text(json.dumps({
+    (DOCS / "multi-scale-choice.json").write_text(json.dumps({
         "command": "python scripts/research/multi_scale_choice.py", "date": datetime.now(timezone.utc).date().isoformat(),
         "machine": f"{platform.machine()} CPU, 2 threads", "torch": torch.__version__, "weights": "demo-vgg.pth",
         "seed": SEED, "pictures_per_condition": {"scenes": PICTURES, "probe": PICTURES},

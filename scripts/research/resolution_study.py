@@ -5,7 +5,7 @@ aggregation and scale policy, on held-out scenes and on an independent probe.
     .venv/bin/python scripts/research/resolution_study.py        # what `make study` runs (about 25 minutes on 2 cores)
 
 Two sources of pictures, both sent as JPEG like a user's photo: the `test` split of the training data's generator
-(`shapes_dataset.py`, scenes it never trained on) and `shape_probe.py` (other drawing code, other backgrounds).
+(`anysize_tools/shapes.py`, scenes it never trained on) and `shape_probe.py` (other drawing code, other backgrounds).
 Two modes: "zoom" (the shape a fraction of the picture, from 28 px to a 4032x3024 phone photo, square and 1:2,
 2:1, 16:9, 9:16) and "canvas" (the shape at a 112-px scale on a background 1.5 to 8 times that side).
 
@@ -42,13 +42,12 @@ from anysize.image_decoding import decode_views, normalize
 from anysize.scale_policy import VIEW_AGGREGATIONS, combine_views, view_sizes
 from anysize.vgg_models import AGGREGATIONS, ARCHS, aggregate, load_model, pool_up_to, training_size
 from anysize.weights import SERVING_SUFFIX, read_state_dict
-from anysize_tools.paths import REPO
+from anysize_tools.paths import DEMO, DOCS
 from anysize_tools.shape_probe import probe_jpeg
 from anysize_tools.shapes import render_example
 from study_report import markdown, plot
 
-DEMO_WEIGHTS = REPO / "model_store" / "demo" / "demo-vgg.pth"
-DOCS = REPO / "docs"
+DEMO_WEIGHTS = DEMO / "demo-vgg.pth"
 HEADS = ["adaptive"] + [f"fcn-{a}" for a in AGGREGATIONS]
 POLICIES = ("native", "working", "multi", "multi-max")  # multi: the views' mean; multi-max: each class's best view
 # The multi-scale views' shorter sides, each also mirrored (the VGG paper's Q = S_min .. S_max): where the model is
@@ -339,7 +338,8 @@ def main() -> int:
     md_path = prefix.with_suffix(".md")
     old = md_path.read_text() if md_path.is_file() else ""
     reading = old.split("## Reading\n", 1)[1] if "## Reading\n" in old else "(to be written after reading the table)\n"
-    md_path.write_text(markdown(results, reading))
+    md_path.write_text(markdown(results, reading, {"POLICIES": POLICIES, "JPEG_QUALITY": JPEG_QUALITY,
+                                                   "NATIVE_FLOOR": NATIVE_FLOOR, "COST_CAP": COST_CAP}))
     print(f"wrote {prefix}.json, .png, .md", flush=True)
     return 0
 

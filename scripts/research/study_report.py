@@ -58,8 +58,10 @@ def percent(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def markdown(results: Dict, reading: str) -> str:
-    from resolution_study import COST_CAP, JPEG_QUALITY, NATIVE_FLOOR, POLICIES  # the study's settings
+def markdown(results: Dict, reading: str, settings: Dict) -> str:
+    """The study's page; ``settings``: the study's POLICIES, JPEG_QUALITY, NATIVE_FLOOR and COST_CAP."""
+    POLICIES, JPEG_QUALITY, NATIVE_FLOOR, COST_CAP = (settings[k] for k in (  # noqa: N806 (the study's names)
+        "POLICIES", "JPEG_QUALITY", "NATIVE_FLOOR", "COST_CAP"))
 
     chosen = "; ".join(f"{head}: {choice['policy']}{' ' + choice['method'] if head == 'fcn' else ''} "
                        f"({percent(choice['mean_accuracy'])} % mean)" for head, choice in results["defaults"].items())

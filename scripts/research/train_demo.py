@@ -37,11 +37,11 @@ from PIL import Image
 
 from anysize.image_decoding import normalize
 from anysize.vgg_models import ARCHS, CONV_LAYOUTS, build_model, pool_up_to, training_size
-from anysize_tools.paths import REPO
+from anysize_tools.paths import DEMO
 from anysize_tools.shapes import CLASSES, render, sample_scene, scene_generator
 
 ARCH = "demo"
-DEFAULT_OUTPUT = REPO / "model_store" / "demo"
+DEFAULT_OUTPUT = DEMO
 SHORT_SIDES = (48, 448)  # shorter side of a training batch, log-uniform
 # A curriculum: from scratch, the full spread of sizes and backgrounds never gets off chance (seen: 500 steps at
 # loss ln 10), so training starts with zoom scenes at 96-160 px and widens to the full spread over the first
