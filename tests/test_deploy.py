@@ -162,3 +162,19 @@ def test_the_container_configs_put_torchserve_behind_the_key_check(monkeypatch, 
     assert '"Bearer 0123456789abcdef0123456789abcdef" 1;' in nginx and "@" not in nginx
     assert "server 127.0.0.1:8085;" in nginx and "listen 8080" in nginx
     assert oct(nginx_config.stat().st_mode & 0o777) == "0o600"
+
+
+def test_every_image_the_docs_and_manifests_run_is_one_make_image_builds():
+    """A command that runs vgg-serve:latest while the build tags vgg-serve:1.0 fails on a fresh machine."""
+    import re
+
+    makefile = (REPO / "Makefile").read_text()
+    built = set(re.findall(r"-t ((?:vgg-serve[\w-]*):[\w.]+)", makefile))
+    built |= {m for m in re.findall(r"^IMAGE \?= (\S+)", makefile, flags=re.M)}
+    assert {"vgg-serve:1.0", "vgg-serve-loadgen:1.0", "vgg-serve-lb:1.0"} <= built, built
+    sources = [REPO / "README.md", REPO / "deploy" / "compose.yaml", *sorted((REPO / "docs").glob("*.md")),
+               *sorted((REPO / "deploy" / "k8s").rglob("*.yaml"))]
+    for source in sources:
+        for tag in re.findall(r"(?<![\w/.-])(vgg-serve(?:-loadgen|-lb)?:[\w.]+)(?![\w-])", source.read_text()):
+            if not tag.split(":")[1].isdigit() and tag.split(":")[1] not in ("TAG",):
+                assert tag in built, f"{source.relative_to(REPO)} runs {tag}, which `make image` does not build"

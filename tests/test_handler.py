@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -145,6 +144,22 @@ def test_precision_and_memory_format_options(model_dir, vgg11_reference, options
         assert abs(prediction["probability"] - expected[prediction["index"]].item()) <= tolerance
 
 
+def test_bf16_runs_the_convolutions_in_bfloat16(model_dir):
+    """Not only answers close to fp32's: the trunk's convolutions must really run in bf16 (a silent fp32 fallback
+    would pass an accuracy check)."""
+    dtypes = {}
+    for precision in ("fp32", "bf16"):
+        instance = SizeAgnosticVGGHandler()
+        instance.initialize(MockContext(model_dir, handler_config("fcn", precision=precision)))
+        seen = []
+        for module in instance.classifier.model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+        run(instance, [{"body": encode(make_photo(64, 64, seed=3), "PNG")}])
+        dtypes[precision] = set(seen)
+    assert dtypes == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
+
+
 @pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("bf16", False), ("fp16", False)])
 def test_each_precision_sets_the_tf32_flags_it_depends_on(demo_handler, precision, tf32):
     """PyTorch's default leaves cuDNN convolutions in TF32 on a GPU: an fp32 archive must turn that off itself."""
@@ -197,9 +212,9 @@ def test_out_of_memory_fails_only_the_images_of_that_forward_pass(handler, monke
 
 
 def test_cpu_threads_split_the_cores_between_workers(model_dir):
-    from anysize.handler import cpu_threads
+    from anysize.handler import cpu_threads, usable_cores
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()  # the affinity mask capped by a cgroup quota, as the handler counts them
     assert cpu_threads(0, 1) == cores
     assert cpu_threads(0, 2) == max(1, cores // 2)
     assert cpu_threads(0, 64) == 1

@@ -146,10 +146,23 @@ def test_bad_inputs_mixed_into_batches_leave_the_good_ones_alone(server, referen
     assert mixed, "no batch held both answered and refused requests"
 
 
-def test_requests_without_or_with_a_wrong_key_run_nothing(server):
+def batches_after_a_marker(server, deadline_s: float = 30) -> int:
+    """Batch lines in the model log once one more authorised request's line has landed there. The frontend copies
+    worker output to the log asynchronously but in order, so every earlier request's line has landed too."""
     model_log = server.workdir / "logs" / "model_log.log"
-    time.sleep(1)  # the frontend copies worker output to the log asynchronously; let earlier tests' lines land
-    before = len(batch_records(model_log.read_text(errors="replace")))
+    seen = len(batch_records(model_log.read_text(errors="replace")))
+    assert post(server, data=GOOD, headers={"Content-Type": "image/png"}).status_code == 200
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        count = len(batch_records(model_log.read_text(errors="replace")))
+        if count > seen:
+            return count
+        time.sleep(0.05)
+    raise AssertionError(f"the marker request's batch line never reached the log within {deadline_s} s")
+
+
+def test_requests_without_or_with_a_wrong_key_run_nothing(server):
+    before = batches_after_a_marker(server)
     assert oct((server.workdir / "key_file.json").stat().st_mode & 0o777) == "0o600"  # keys readable by owner only
     inference, management = server.url("inference"), server.url("management")
     for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "wrong-key"}):
@@ -159,8 +172,7 @@ def test_requests_without_or_with_a_wrong_key_run_nothing(server):
             answer = requests.request(method, url, data=GOOD, headers=headers, timeout=30)
             # TorchServe words it "Token Authorization failed", or "Token Authentication failed" on the token API
             assert answer.status_code == 400 and "Token Auth" in answer.text, (method, url, answer.text)
-    time.sleep(1)
-    assert len(batch_records(model_log.read_text(errors="replace"))) == before  # no image reached the model
+    assert batches_after_a_marker(server) == before + 1  # only the marker's batch: no refused image reached it
     assert len(server.workers("demo-fcn")) == 1  # the refused scale-up changed nothing
 
 
@@ -192,21 +204,28 @@ def test_a_killed_worker_is_restarted_and_then_every_request_succeeds(server, re
     (worker,) = server.workers("demo-fcn")
     outcomes, stop = [], threading.Event()
 
-    def load():
+    def load(client: int):
         while not stop.is_set():
             sent = time.monotonic()
             try:
                 answer = post(server, data=GOOD, headers={"Content-Type": "image/png"}, timeout=client_timeout)
-                outcomes.append((sent, time.monotonic(), answer.status_code))
+                outcomes.append((sent, time.monotonic(), answer.status_code, client))
             except requests.Timeout:
-                outcomes.append((sent, time.monotonic(), "timeout"))
+                outcomes.append((sent, time.monotonic(), "timeout", client))
             except requests.RequestException as error:  # counted, so that it fails the test below
-                outcomes.append((sent, time.monotonic(), type(error).__name__))
+                outcomes.append((sent, time.monotonic(), type(error).__name__, client))
 
-    threads = [threading.Thread(target=load) for _ in range(clients)]
+    def wait_for(condition, seconds: float, what: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=load, args=(client,)) for client in range(clients)]
     for thread in threads:
         thread.start()
-    time.sleep(2)
+    wait_for(lambda: {o[3] for o in outcomes if o[2] == 200} == set(range(clients)), 60,
+             "every client answered once before the kill")
     killed_at = time.monotonic()
     os.kill(int(worker["pid"]), signal.SIGKILL)
     recovered_at = None  # a fresh client probing from the moment of the kill: when is the service back?
@@ -217,11 +236,14 @@ def test_a_killed_worker_is_restarted_and_then_every_request_succeeds(server, re
         except requests.Timeout:
             pass
     assert recovered_at is not None, "no answer within 60 s of the kill"
-    time.sleep(max(0.0, killed_at + client_timeout + 5 - time.monotonic()))
+    # Each client sends one request at a time: once each has had an answer to one sent after the recovery, every
+    # request it had in flight at the kill has ended (answered, refused or timed out).
+    wait_for(lambda: {o[3] for o in outcomes if o[0] > recovered_at and o[2] == 200} == set(range(clients)),
+             client_timeout + 30, "every client answered after the recovery")
     stop.set()
     for thread in threads:
         thread.join(timeout=client_timeout + 5)
-    affected = [o for o in outcomes if o[1] > killed_at]
+    affected = [o[:3] for o in outcomes if o[1] > killed_at]
     failed = [o for o in affected if o[2] != 200]
     print(f"worker killed: {len(failed)} of {len(affected)} load requests failed "
           f"({sorted(set(str(o[2]) for o in failed))}); the service answered again {recovered_at - killed_at:.1f} s "

@@ -109,15 +109,18 @@ def cpu_threads(configured: int, max_workers: int) -> int:
     66-101 (docs/benchmarks.md)."""
     if configured > 0:
         return configured
+    return max(1, usable_cores() // max(1, max_workers))
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its affinity mask, capped by a cgroup CPU quota. In a container with a CPU
+    limit (Kubernetes, `docker run --cpus`) every host core is still in the mask; the quota is the limit."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    # In a container with a CPU limit (Kubernetes) every host core is still visible; the cgroup quota is the limit.
     quota = cgroup_cpu_limit()
-    if quota:
-        cores = min(cores, max(1, math.ceil(quota)))
-    return max(1, cores // max(1, max_workers))
+    return min(cores, max(1, math.ceil(quota))) if quota else cores
 
 
 def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:

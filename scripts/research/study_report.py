@@ -131,6 +131,9 @@ best mean accuracy over every zoom and canvas condition of both sources: {chosen
 {chr(10).join(t + chr(10) for t in tables)}
 ## Time per image (ms: JPEG decoding and resizing + forward pass, fcn head; held-out scenes)
 
+One forward pass computes the class-score map; `mean`, `max` and `lse` aggregate that same map afterwards, so
+these times hold for every fcn aggregation, and `multi` and `multi-max` (the views' mean or maximum) share theirs.
+
 {chr(10).join(cost)}
 
 ## Reduced-size JPEG decoding
