@@ -74,8 +74,10 @@ def to_input(pixels_hwc: np.ndarray) -> torch.Tensor:
 
 
 def torchvision_model(arch: str, state_dict: Dict[str, torch.Tensor]) -> torch.nn.Module:
-    model = torchvision.models.get_model(arch, weights=None)
-    model.load_state_dict(state_dict)
+    """torchvision's own model holding ``state_dict`` (built on the meta device: its random init is overwritten)."""
+    with torch.device("meta"):
+        model = torchvision.models.get_model(arch, weights=None)
+    model.load_state_dict(state_dict, assign=True)
     return model.eval()
 
 

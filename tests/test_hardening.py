@@ -35,9 +35,9 @@ GOOD = saved(picture(112, 112, 21), "PNG")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """demo-fcn batches up to 4 requests within 300 ms; demo-adaptive is the one the memory test starves."""
+    """demo-fcn batches up to 4 requests within 100 ms; demo-adaptive is the one the memory test starves."""
     store = tmp_path_factory.mktemp("hardening_store")
-    for head, batch, delay in (("fcn", 4, 300), ("adaptive", 1, 1)):
+    for head, batch, delay in (("fcn", 4, 100), ("adaptive", 1, 1)):
         build(demo_spec(head, store, batch_size=batch, max_batch_delay=delay, response_timeout=RESPONSE_TIMEOUT,
                         handler={"scale_policy": "native", "scales": "", "flip": False}))  # the corpus's sizes as sent
     instance = TorchServe(tmp_path_factory.mktemp("hardening_ts"), store,
@@ -197,9 +197,9 @@ def test_inference_key_rotation(server, reference):
 
 def test_a_killed_worker_is_restarted_and_then_every_request_succeeds(server, reference):
     """Three clients keep sending while the worker is SIGKILLed. Only the requests the worker held can fail: TorchServe
-    answers those it was computing (or handed it as it died) with 507 "Worker died." and, in 0.12, drops the ones its
-    worker thread had already taken for the next batch (no answer: the client's timeout ends them). Every request
-    after the restart succeeds."""
+    answers those it was computing (or handed it as it died) with "Worker died." as 507 or 500 (a race in its
+    frontend, docs/reliability.md) and, in 0.12, drops the ones its worker thread had already taken for the next batch
+    (no answer: the client's timeout ends them). Every request after the restart succeeds."""
     client_timeout, clients = 10, 3
     (worker,) = server.workers("demo-fcn")
     outcomes, stop = [], threading.Event()
@@ -209,7 +209,10 @@ def test_a_killed_worker_is_restarted_and_then_every_request_succeeds(server, re
             sent = time.monotonic()
             try:
                 answer = post(server, data=GOOD, headers={"Content-Type": "image/png"}, timeout=client_timeout)
-                outcomes.append((sent, time.monotonic(), answer.status_code, client))
+                status = answer.status_code
+                if status != 200:  # the frontend's own error body: {"code", "type", "message"}
+                    status = f"{status} {answer.json().get('message')}"
+                outcomes.append((sent, time.monotonic(), status, client))
             except requests.Timeout:
                 outcomes.append((sent, time.monotonic(), "timeout", client))
             except requests.RequestException as error:  # counted, so that it fails the test below
@@ -248,7 +251,9 @@ def test_a_killed_worker_is_restarted_and_then_every_request_succeeds(server, re
     print(f"worker killed: {len(failed)} of {len(affected)} load requests failed "
           f"({sorted(set(str(o[2]) for o in failed))}); the service answered again {recovered_at - killed_at:.1f} s "
           "after the kill")
-    assert all(o[2] in (507, "timeout") for o in failed)
+    # WorkerThread.run's finally answers the held batch with 500, or 413 (which RestJob.sendError sends as 507) when
+    # the JVM has already reaped the worker and reads its exit value 137; nothing else is a worker death.
+    assert all(o[2] in ("507 Worker died.", "500 Worker died.", "timeout") for o in failed), failed
     # Only requests sent before the service was back can fail, and few: those the dying worker held or was given.
     assert all(sent < recovered_at for sent, _, _ in failed)
     assert len(failed) <= 2 * clients

@@ -20,6 +20,7 @@ from .served import served_run
 from .targets import targets
 
 DOC_DATA = DOCS / "benchmarks.json"  # the numbers behind the doc, so it can be re-rendered from git
+SWEEP_DATA = DOCS / "batching-sweep.json"  # ... and behind docs/batching-sweep.md
 
 # The command's --help text.
 DESCRIPTION = """The fast-path benchmark: served throughput against the bare model and TorchServe's stock handler, per precision,
@@ -29,6 +30,7 @@ at 224x224 and on mixed sizes, plus what the fast-path options do to answers; it
     python loadtests/benchmark.py --parts served --match vgg16 --duration 30     # a part, without touching docs
     python loadtests/benchmark.py --parts sweep --doc                            # the batching sweep (40 minutes)
     python loadtests/benchmark.py --render docs/benchmarks.json                  # re-render docs/benchmarks.md
+    python loadtests/benchmark.py --render docs/batching-sweep.json              # ... docs/batching-sweep.md
 
 It runs on whatever machine it finds: on a CPU the CPU plan, with a CUDA GPU the GPU plan (larger batches, more
 workers, Locust in several processes, the 1080p workload), and writes the same tables either way. Every served run
@@ -117,5 +119,7 @@ def main() -> int:
     if default or args.doc:  # a partial run would replace the published tables with a subset
         if default:
             DOC_DATA.write_text(json.dumps(results, indent=1))
+        elif set(args.parts) == {"sweep"} and not args.match:  # a whole sweep: its data beside its page
+            SWEEP_DATA.write_text(json.dumps(results, indent=1))
         write_doc(results)
     return 1 if failed else 0
