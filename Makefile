@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup serve stop test loadtest bench benchmark bench-sweep soak params archive train-demo study image image-test \
+.PHONY: setup serve stop test docs-check loadtest bench benchmark bench-sweep soak params archive train-demo study image image-test \
 	wheelhouse base-image scan clean
 
 setup: $(INSTALLED)
@@ -28,6 +28,11 @@ stop:
 # pytest exits 5 when it collects no test; make turns every non-zero exit into a failure.
 test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Every generated page equals its re-render from its committed data file, every figure a reading quotes resolves
+# to its data, every local link exists (anysize_tools/docs_check.py; tests/test_docs_check.py runs it too).
+docs-check: $(INSTALLED)
+	$(PY) -m anysize_tools.docs_check
 
 # A bounded headless Locust run against the server `make serve` started; report in loadtests/results/<timestamp>/.
 # PROCESSES=N runs Locust distributed: one master and N worker processes (see loadtests/README.md).

@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -126,7 +127,7 @@ def row_text(name: str, figures: Dict[str, float]) -> str:
 
 
 def summary_text(run: dict, table: Dict[str, Dict[str, float]], plots: List[str],
-                 failures: List[Dict[str, str]]) -> str:
+                 failures: List[Dict[str, str]], files: List[str]) -> str:
     lines = [f"# Load test: {run.get('model', '?')}, workload {run.get('workload', '?')}", ""]
     lines += [f"- {key}: `{value}`" for key, value in run.items()]
     lines += ["", "| request name | requests | failures | req/s | avg ms | p50 ms | p95 ms | p99 ms | max ms |",
@@ -140,20 +141,77 @@ def summary_text(run: dict, table: Dict[str, Dict[str, float]], plots: List[str]
         lines += ["", "## Failures", "", "| request name | error | count |", "|---|---|---:|"]
         lines += [f"| {f['Name']} | {f['Error'][:160]} | {f['Occurrences']} |" for f in failures]
     lines += [""] + [f"![{plot_file}]({plot_file})" for plot_file in plots]
-    lines += ["", "Files: `locust_stats.csv`, `locust_stats_history.csv`, `locust_failures.csv`, `report.html` "
-              "(Locust's own report)."]
+    lines += ["", "Files: " + ", ".join(f"`{name}`" for name in files) + "."]
     return "\n".join(lines) + "\n"
+
+
+MEMORY_CSV = "memory.csv"
+
+
+def read_memory(path: Path) -> List[Dict]:
+    """memory.csv (the soak's samples: seconds, one column of MiB per process, a note) back into rows."""
+    return [{key: (value if key == "note" else float(value)) for key, value in row.items() if value != ""}
+            for row in read_rows(path)]
+
+
+def memory_section(rows: List[Dict], growth_limit: float) -> (List[str], bool):
+    """The soak's memory table and verdict: whether every worker's memory levels off and none restarted."""
+    columns = sorted({key for row in rows for key in row if key.endswith("_mb")})
+    workers = [c for c in columns if c.startswith("worker_")]
+    lines = ["", "## Memory", "", "| process | start MiB | max MiB | end MiB | 2nd-quarter mean | last-quarter mean "
+             "| growth |", "|---|---:|---:|---:|---:|---:|---:|"]
+    levels_off = True
+    for column in columns:
+        values = [row[column] for row in rows if column in row]
+        if len(values) < 4:  # a worker that appeared late (a restart) has too few samples to judge
+            lines.append(f"| {column.replace('_mb', '')} | {values[0]:.0f} | {max(values):.0f} | {values[-1]:.0f} "
+                         "| – | – | – |")
+            continue
+        quarter = len(values) // 4
+        second, last = statistics.mean(values[quarter:2 * quarter]), statistics.mean(values[-quarter:])
+        growth = last / second - 1
+        if column in workers and growth > growth_limit:
+            levels_off = False
+        lines.append(f"| {column.replace('_mb', '')} | {values[0]:.0f} | {max(values):.0f} | {values[-1]:.0f} | "
+                     f"{second:.0f} | {last:.0f} | {100 * growth:+.1f} % |")
+    if not workers:
+        levels_off = False  # nothing was sampled: no evidence either way, so no pass
+    restarted = len(workers) > 1
+    lines += ["", f"Workers seen: {len(workers)} ({'a worker was restarted' if restarted else 'no restart'}). "
+              f"Worker memory {'levels off' if levels_off else 'KEEPS GROWING (or was not sampled)'}: growth from the "
+              f"second quarter to the last {'within' if levels_off else 'above'} {100 * growth_limit:.0f} %. The "
+              "frontend's (Java) memory is shown, not judged: its heap grows until the JVM's own limit.", "",
+              "![memory.png](memory.png)"]
+    return lines, levels_off and not restarted
+
+
+RUN_FILES = ("run.json", f"{CSV_PREFIX}_stats.csv", f"{CSV_PREFIX}_stats_history.csv", f"{CSV_PREFIX}_failures.csv",
+             "report.html", MEMORY_CSV)
+PLOTS = ("over_time.png", "per_resolution.png")
+
+
+def summary_page(run_dir: Path, old_page: str = "") -> str:
+    """summary.md of a run from the files in ``run_dir`` alone (the plots already drawn); comment lines at the top
+    of ``old_page`` (where a copy in docs/ says why it is kept) stay. What `make docs-check` re-renders."""
+    run_dir = Path(run_dir)
+    run_file = run_dir / "run.json"
+    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    preamble = "".join(line for line in old_page.splitlines(keepends=True)[:3] if line.startswith("<!--"))
+    text = preamble + summary_text(run, totals(run_dir), [p for p in PLOTS if (run_dir / p).is_file()],
+                                   read_rows(run_dir / f"{CSV_PREFIX}_failures.csv"),
+                                   [f for f in RUN_FILES if (run_dir / f).is_file()])
+    if (run_dir / MEMORY_CSV).is_file():
+        lines, _ = memory_section(read_memory(run_dir / MEMORY_CSV), run["growth_limit"])
+        text += "\n".join(lines) + "\n"
+    return text
 
 
 def write_report(run_dir: Path) -> Dict[str, Dict[str, float]]:
     """Write summary.md and the plots into ``run_dir``; return the totals table."""
     run_dir = Path(run_dir)
-    run_file = run_dir / "run.json"
-    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
     table = totals(run_dir)
-    plots = plot(run_dir, table)
-    failures = read_rows(run_dir / f"{CSV_PREFIX}_failures.csv")
-    (run_dir / "summary.md").write_text(summary_text(run, table, plots, failures))
+    plot(run_dir, table)
+    (run_dir / "summary.md").write_text(summary_page(run_dir))
     return table
 
 

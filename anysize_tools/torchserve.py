@@ -8,12 +8,15 @@ all relative to where it starts. Each runner therefore gets a working directory 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -29,10 +32,52 @@ GRPC_PORT_KEYS = ("grpc_inference_port", "grpc_management_port")
 PATH_KEYS = ("metrics_config",)
 
 
+# Ports for servers started with free_ports: below the kernel's ephemeral range, so no outgoing connection (of this
+# run or another) is handed one between our choice and TorchServe's bind, and each reserved by a lock file that
+# another run on the same machine skips, so two test runs cannot pick the same port in that window either.
+PORT_LOCKS = Path(tempfile.gettempdir()) / "anysize-ports"
+_held_locks: Dict[int, object] = {}  # port -> its open, locked file; released by release_port or at exit
+
+
+def _candidate_ports() -> range:
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default
+    low = 10000 if ephemeral_low > 12000 else 1024
+    return range(low, max(low + 1000, ephemeral_low))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nobody listens on, reserved for this process until release_port (or its exit)."""
+    PORT_LOCKS.mkdir(exist_ok=True)
+    candidates = _candidate_ports()
+    chooser = random.Random(f"{os.getpid()}-{time.monotonic_ns()}")
+    for _ in range(500):
+        port = chooser.choice(candidates)
+        if port in _held_locks:
+            continue
+        lock = open(PORT_LOCKS / f"{port}.lock", "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another run holds it
+            lock.close()
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:  # something else listens there
+                lock.close()
+                continue
+        _held_locks[port] = lock
+        return port
+    raise RuntimeError(f"no free loopback port in {candidates.start}-{candidates.stop - 1} after 500 tries")
+
+
+def release_port(port: int) -> None:
+    lock = _held_locks.pop(port, None)
+    if lock is not None:
+        lock.close()
 
 
 def read_properties(path: Path) -> Dict[str, str]:
@@ -69,12 +114,14 @@ class TorchServe:
         for key in PATH_KEYS:
             if key in self.properties:
                 self.properties[key] = str((Path(config_file).resolve().parent / self.properties[key]).resolve())
+        self.reserved_ports: List[int] = []
         if free_ports:
-            for key in ADDRESS_KEYS.values():
-                self.properties[key] = f"http://127.0.0.1:{free_port()}"
+            self.reserved_ports = [free_port() for _ in range(len(ADDRESS_KEYS) + len(GRPC_PORT_KEYS))]
+            for key, port in zip(ADDRESS_KEYS.values(), self.reserved_ports):
+                self.properties[key] = f"http://127.0.0.1:{port}"
             # TorchServe also opens two gRPC ports; a second server on the defaults would fail to bind and stop.
-            for key in GRPC_PORT_KEYS:
-                self.properties[key] = str(free_port())
+            for key, port in zip(GRPC_PORT_KEYS, self.reserved_ports[len(ADDRESS_KEYS):]):
+                self.properties[key] = str(port)
         self.properties.update(overrides or {})
         self.process: Optional[subprocess.Popen] = None
 
@@ -161,6 +208,9 @@ class TorchServe:
         if self.process is not None:
             self.process.wait(timeout=5)
         self.pid_file.unlink(missing_ok=True)
+        for port in self.reserved_ports:
+            release_port(port)
+        self.reserved_ports = []
 
 
 def read_pid(pid_file: Path) -> Optional[int]:

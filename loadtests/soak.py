@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import re
-import statistics
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from typing import Dict, List
 import psutil
 
 from anysize_tools.archive import build, demo_spec
+from anysize_tools.load_report import MEMORY_CSV, memory_section, read_memory, write_report
 from anysize_tools.loadtest import RESULTS, run_load_test
 from anysize_tools.torchserve import TorchServe
 
@@ -59,14 +59,15 @@ def sample_memory(server: TorchServe, model: str, rows: List[Dict], stop: thread
         rows.append(row)
 
 
-def memory_report(rows: List[Dict], run_dir: Path, growth_limit: float) -> (List[str], bool):
+def memory_plot(rows: List[Dict], run_dir: Path) -> None:
+    """memory.csv and memory.png beside the Locust report."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     columns = sorted({key for row in rows for key in row if key.endswith("_mb")})
-    with open(run_dir / "memory.csv", "w", newline="") as handle:
+    with open(run_dir / MEMORY_CSV, "w", newline="") as handle:
         writer = csv.DictWriter(handle, ["seconds", *columns, "note"])
         writer.writeheader()
         writer.writerows(rows)
@@ -81,33 +82,6 @@ def memory_report(rows: List[Dict], run_dir: Path, growth_limit: float) -> (List
     figure.tight_layout()
     figure.savefig(run_dir / "memory.png", dpi=110)
     plt.close(figure)
-
-    workers = [c for c in columns if c.startswith("worker_")]
-    lines = ["", "## Memory", "", "| process | start MiB | max MiB | end MiB | 2nd-quarter mean | last-quarter mean "
-             "| growth |", "|---|---:|---:|---:|---:|---:|---:|"]
-    levels_off = True
-    for column in columns:
-        values = [row[column] for row in rows if column in row]
-        if len(values) < 4:  # a worker that appeared late (a restart) has too few samples to judge
-            lines.append(f"| {column.replace('_mb', '')} | {values[0]:.0f} | {max(values):.0f} | {values[-1]:.0f} "
-                         "| – | – | – |")
-            continue
-        quarter = len(values) // 4
-        second, last = statistics.mean(values[quarter:2 * quarter]), statistics.mean(values[-quarter:])
-        growth = last / second - 1
-        if column in workers and growth > growth_limit:
-            levels_off = False
-        lines.append(f"| {column.replace('_mb', '')} | {values[0]:.0f} | {max(values):.0f} | {values[-1]:.0f} | "
-                     f"{second:.0f} | {last:.0f} | {100 * growth:+.1f} % |")
-    if not workers:
-        levels_off = False  # nothing was sampled: no evidence either way, so no pass
-    restarted = len(workers) > 1
-    lines += ["", f"Workers seen: {len(workers)} ({'a worker was restarted' if restarted else 'no restart'}). "
-              f"Worker memory {'levels off' if levels_off else 'KEEPS GROWING (or was not sampled)'}: growth from the "
-              f"second quarter to the last {'within' if levels_off else 'above'} {100 * growth_limit:.0f} %. The "
-              "frontend's (Java) memory is shown, not judged: its heap grows until the JVM's own limit.", "",
-              "![memory.png](memory.png)"]
-    return lines, levels_off and not restarted
 
 
 def main() -> int:
@@ -141,14 +115,14 @@ def main() -> int:
                   flush=True)
             status, _ = run_load_test(server.url("inference"), model, "mixed", args.users, args.users,
                                       args.duration, run_dir, server.workdir / "key_file.json",
-                                      extra={"bad_share": args.bad_share},
+                                      extra={"bad_share": args.bad_share, "growth_limit": args.growth_limit},
                                       locust_args=["--bad-share", str(args.bad_share)])
         finally:
             stop.set()
             server.stop()
-    memory_lines, memory_ok = memory_report(rows, run_dir, args.growth_limit)
-    with open(run_dir / "summary.md", "a") as summary:
-        summary.write("\n".join(memory_lines) + "\n")
+    memory_plot(rows, run_dir)
+    write_report(run_dir)  # again, now with the memory section rendered from memory.csv
+    _, memory_ok = memory_section(read_memory(run_dir / MEMORY_CSV), args.growth_limit)
     print((run_dir / "summary.md").read_text())
     ok = status == 0 and memory_ok
     print(f"[soak] {'PASSED' if ok else 'FAILED'}: report in {run_dir / 'summary.md'}", flush=True)

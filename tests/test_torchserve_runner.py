@@ -1,10 +1,12 @@
-"""The TorchServe runner the commands and tests start servers with: it stops only what is TorchServe's, and reads
-token-authorization keys that TorchServe may still be writing."""
+"""The TorchServe runner the commands and tests start servers with: it stops only what is TorchServe's, reads
+token-authorization keys that TorchServe may still be writing, and picks ports another run cannot pick too."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 
+from anysize_tools import torchserve
 from anysize_tools.torchserve import TorchServe, stop_process_group
 
 
@@ -26,3 +28,23 @@ def test_keys_read_while_torchserve_writes_them_count_as_not_there_yet(tmp_path)
     assert server.keys() == {}
     (tmp_path / "key_file.json").write_text('{"inference": {"key": "k1"}, "management": {"key": "k2"}}')
     assert server.headers("inference") == {"Authorization": "Bearer k1"}
+
+
+def test_two_runs_on_one_machine_never_get_the_same_free_port():
+    """A port handed to another process (another test run) stays out of this one's choice until released, and
+    every port lies below the kernel's ephemeral range, where no outgoing connection can take it first."""
+    other = subprocess.Popen([sys.executable, "-c", "from anysize_tools.torchserve import free_port\n"
+                              "ports = [free_port() for _ in range(2000)]\nprint(*ports, flush=True)\ninput()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ours = []
+    try:
+        theirs = set(map(int, other.stdout.readline().split()))
+        assert len(theirs) == 2000
+        ours = [torchserve.free_port() for _ in range(2000)]
+        assert not theirs & set(ours)
+        ephemeral_low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+        assert max(theirs | set(ours)) < ephemeral_low
+    finally:
+        other.communicate("\n", timeout=30)
+        for port in ours:
+            torchserve.release_port(port)

@@ -298,6 +298,15 @@ def choose_defaults(rows: List[Dict]) -> Dict[str, Dict[str, str]]:
     return chosen
 
 
+def study_page(results: Dict, old_page: str) -> str:
+    """docs/resolution-study.md: the tables rendered from ``results``, then the hand-written reading kept from
+    ``old_page`` (what `make docs-check` compares with the committed page)."""
+    reading = (old_page.split("## Reading\n", 1)[1] if "## Reading\n" in old_page
+               else "(to be written after reading the table)\n")
+    return markdown(results, reading, {"POLICIES": POLICIES, "JPEG_QUALITY": JPEG_QUALITY,
+                                       "NATIVE_FLOOR": NATIVE_FLOOR, "COST_CAP": COST_CAP})
+
+
 def write_serving_defaults(results: Dict, weights: Path) -> Path:
     path = weights.with_suffix(SERVING_SUFFIX)
     path.write_text(json.dumps({
@@ -336,10 +345,7 @@ def main() -> int:
         print(f"wrote {write_serving_defaults(results, Path(args.weights))}", flush=True)
     plot(results, prefix.with_suffix(".png"))
     md_path = prefix.with_suffix(".md")
-    old = md_path.read_text() if md_path.is_file() else ""
-    reading = old.split("## Reading\n", 1)[1] if "## Reading\n" in old else "(to be written after reading the table)\n"
-    md_path.write_text(markdown(results, reading, {"POLICIES": POLICIES, "JPEG_QUALITY": JPEG_QUALITY,
-                                                   "NATIVE_FLOOR": NATIVE_FLOOR, "COST_CAP": COST_CAP}))
+    md_path.write_text(study_page(results, md_path.read_text() if md_path.is_file() else ""))
     print(f"wrote {prefix}.json, .png, .md", flush=True)
     return 0
 
