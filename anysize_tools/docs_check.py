@@ -1,5 +1,6 @@
-"""`make docs-check`: every generated page equals its re-render from its committed data file, every figure a
-hand-written reading quotes resolves to the data it names, and every local link points at a committed file.
+"""`make docs-check`: every generated page equals its re-render from its committed data file, every summary a
+command wrote beside its raw data still follows from it, every figure a hand-written reading quotes resolves to
+the data it names, and every local link points at a committed file.
 
     .venv/bin/python -m anysize_tools.docs_check          # exit 1 and a list of differences when anything is off
 
@@ -83,6 +84,26 @@ PAGES = (
     Page("docs/loadtest-example/summary.md", ("run.json", "locust_stats.csv"), _load_report),
     Page("docs/soak/summary.md", ("run.json", "locust_stats.csv", "memory.csv"), _load_report),
 )
+
+
+# Summaries a command wrote beside its raw data, which readings quote: each must still follow from that data.
+def _soak_memory(path: Path):
+    from .load_report import MEMORY_CSV, memory_figures, read_memory
+
+    return memory_figures(read_memory(path.parent / MEMORY_CSV), _json(path.parent / "run.json")["growth_limit"])
+
+
+def _study_summaries(path: Path):
+    study = _research("resolution_study")
+    results = _json(path)
+    defaults = study.choose_defaults(results["rows"])
+    return {**results, "defaults": defaults, "targets": study.issue_targets(results["rows"], defaults)}
+
+
+DERIVED = (
+    ("docs/soak/memory.json", _soak_memory),
+    ("docs/resolution-study.json", _study_summaries),
+)
 # Hand-written text where every figure must be a reference: (page, heading of the section, or None: the whole page)
 STRICT = (
     ("docs/resolution-study.md", "## Reading"),
@@ -150,8 +171,14 @@ def agrees(text: str, value) -> bool:
     return any(abs(round(c, decimals) - float(written)) < 1e-9 for c in candidates)
 
 
+def without_code(text: str) -> str:
+    """``text`` with fenced blocks and inline code blanked out (same length): examples there are not claims."""
+    blank = lambda m: re.sub(r"[^\n]", " ", m.group())  # noqa: E731
+    return re.sub(r"`[^`\n]*`", blank, re.sub(r"^```.*?^```", blank, text, flags=re.M | re.S))
+
+
 def check_references(path: Path, root: Path = REPO) -> Iterator[str]:
-    text = path.read_text()
+    text = without_code(path.read_text())
     for match in LINK.finditer(text):
         label, target = match.group(2), match.group(3)
         if re.match(r"[a-z]+:", target) or target.startswith("#"):
@@ -194,7 +221,7 @@ def bare_figures(text: str, first_line: int = 0) -> Iterator[str]:
     """Numbers with a unit outside reference links, code spans and target phrases."""
     masked = LINK.sub(lambda m: " " * len(m.group()) if Path(m.group(3).partition("#")[0]).suffix in DATA_SUFFIXES
                       and "#" in m.group(3) else m.group(), text)
-    masked = re.sub(r"`[^`]*`", lambda m: " " * len(m.group()), masked)
+    masked = without_code(masked)
     masked = re.sub(r"<!--.*?-->", lambda m: " " * len(m.group()), masked, flags=re.S)
     for match in FIGURE.finditer(masked):
         if TARGET.search(masked[max(0, match.start() - 12):match.start()]):
@@ -226,6 +253,17 @@ def problems(root: Path = REPO) -> List[str]:
             diff = difflib.unified_diff(actual.splitlines(), expected.splitlines(), "committed", "re-rendered",
                                         n=0, lineterm="")
             found.append(f"{page.path} differs from its re-render:\n  " + "\n  ".join(list(diff)[2:14]))
+    for name, derive in DERIVED:
+        path = root / name
+        if not path.is_file():
+            if root == REPO:
+                found.append(f"{name}: missing")
+            continue
+        try:
+            if derive(path) != _json(path):
+                found.append(f"{name}: its summaries no longer follow from its raw data (edited by hand?)")
+        except (KeyError, ValueError, TypeError, IndexError) as error:
+            found.append(f"{name}: cannot be recomputed ({type(error).__name__}: {error})")
     for path in markdown_files(root):
         found += list(check_references(path, root))
     for name, heading in STRICT:

@@ -154,39 +154,51 @@ def read_memory(path: Path) -> List[Dict]:
             for row in read_rows(path)]
 
 
-def memory_section(rows: List[Dict], growth_limit: float) -> (List[str], bool):
-    """The soak's memory table and verdict: whether every worker's memory levels off and none restarted."""
+def memory_figures(rows: List[Dict], growth_limit: float) -> Dict:
+    """The soak's memory figures per process (MiB: start, max, end, the second and last quarters' means, growth
+    between them) and its verdict: every worker levels off and none restarted. Written to memory.json, which
+    hand-written readings quote; computed from memory.csv alone."""
     columns = sorted({key for row in rows for key in row if key.endswith("_mb")})
     workers = [c for c in columns if c.startswith("worker_")]
-    lines = ["", "## Memory", "", "| process | start MiB | max MiB | end MiB | 2nd-quarter mean | last-quarter mean "
-             "| growth |", "|---|---:|---:|---:|---:|---:|---:|"]
-    levels_off = True
+    processes, levels_off = [], bool(workers)  # nothing sampled: no evidence either way, so no pass
     for column in columns:
         values = [row[column] for row in rows if column in row]
-        if len(values) < 4:  # a worker that appeared late (a restart) has too few samples to judge
-            lines.append(f"| {column.replace('_mb', '')} | {values[0]:.0f} | {max(values):.0f} | {values[-1]:.0f} "
-                         "| – | – | – |")
+        entry = {"process": column.removesuffix("_mb"), "start": values[0], "max": max(values), "end": values[-1]}
+        if len(values) >= 4:  # a worker that appeared late (a restart) has too few samples to judge
+            quarter = len(values) // 4
+            second, last = statistics.mean(values[quarter:2 * quarter]), statistics.mean(values[-quarter:])
+            entry.update(second_quarter_mean=second, last_quarter_mean=last, growth=last / second - 1)
+            if column in workers and entry["growth"] > growth_limit:
+                levels_off = False
+        processes.append(entry)
+    return {"processes": processes, "workers_seen": len(workers), "growth_limit": growth_limit,
+            "levels_off": levels_off, "passed": levels_off and len(workers) == 1}
+
+
+def memory_section(figures: Dict) -> List[str]:
+    """The memory table and verdict of the soak's summary.md, from memory_figures."""
+    lines = ["", "## Memory", "", "| process | start MiB | max MiB | end MiB | 2nd-quarter mean | last-quarter mean "
+             "| growth |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for entry in figures["processes"]:
+        name = entry["process"]
+        if "growth" not in entry:
+            lines.append(f"| {name} | {entry['start']:.0f} | {entry['max']:.0f} | {entry['end']:.0f} | – | – | – |")
             continue
-        quarter = len(values) // 4
-        second, last = statistics.mean(values[quarter:2 * quarter]), statistics.mean(values[-quarter:])
-        growth = last / second - 1
-        if column in workers and growth > growth_limit:
-            levels_off = False
-        lines.append(f"| {column.replace('_mb', '')} | {values[0]:.0f} | {max(values):.0f} | {values[-1]:.0f} | "
-                     f"{second:.0f} | {last:.0f} | {100 * growth:+.1f} % |")
-    if not workers:
-        levels_off = False  # nothing was sampled: no evidence either way, so no pass
-    restarted = len(workers) > 1
-    lines += ["", f"Workers seen: {len(workers)} ({'a worker was restarted' if restarted else 'no restart'}). "
-              f"Worker memory {'levels off' if levels_off else 'KEEPS GROWING (or was not sampled)'}: growth from the "
-              f"second quarter to the last {'within' if levels_off else 'above'} {100 * growth_limit:.0f} %. The "
+        lines.append(f"| {name} | {entry['start']:.0f} | {entry['max']:.0f} | {entry['end']:.0f} | "
+                     f"{entry['second_quarter_mean']:.0f} | {entry['last_quarter_mean']:.0f} | "
+                     f"{100 * entry['growth']:+.1f} % |")
+    restarted = figures["workers_seen"] > 1
+    levels_off, limit = figures["levels_off"], figures["growth_limit"]
+    lines += ["", f"Workers seen: {figures['workers_seen']} ({'a worker was restarted' if restarted else 'no restart'})"
+              f". Worker memory {'levels off' if levels_off else 'KEEPS GROWING (or was not sampled)'}: growth from the "
+              f"second quarter to the last {'within' if levels_off else 'above'} {100 * limit:.0f} %. The "
               "frontend's (Java) memory is shown, not judged: its heap grows until the JVM's own limit.", "",
               "![memory.png](memory.png)"]
-    return lines, levels_off and not restarted
+    return lines
 
 
 RUN_FILES = ("run.json", f"{CSV_PREFIX}_stats.csv", f"{CSV_PREFIX}_stats_history.csv", f"{CSV_PREFIX}_failures.csv",
-             "report.html", MEMORY_CSV)
+             "report.html", MEMORY_CSV, "memory.json")
 PLOTS = ("over_time.png", "per_resolution.png")
 
 
@@ -201,8 +213,8 @@ def summary_page(run_dir: Path, old_page: str = "") -> str:
                                    read_rows(run_dir / f"{CSV_PREFIX}_failures.csv"),
                                    [f for f in RUN_FILES if (run_dir / f).is_file()])
     if (run_dir / MEMORY_CSV).is_file():
-        lines, _ = memory_section(read_memory(run_dir / MEMORY_CSV), run["growth_limit"])
-        text += "\n".join(lines) + "\n"
+        figures = memory_figures(read_memory(run_dir / MEMORY_CSV), run["growth_limit"])
+        text += "\n".join(memory_section(figures)) + "\n"
     return text
 
 

@@ -8,7 +8,8 @@ Starts its own TorchServe (the shipped demo model, free loopback ports, token au
 load test (loadtests/loadtest.py, workload `mixed`) where each request is, with probability --bad-share, a case of
 the hostile corpus (anysize_tools/hostile_corpus.py) that must get its documented answer, and samples every worker's
 and the frontend's resident memory every few seconds. Writes loadtests/results/soak-<timestamp>/: the Locust
-report, memory.csv, memory.png and a memory section in summary.md.
+report, memory.csv (the samples), memory.json (the figures computed from them), memory.png and a memory section in
+summary.md.
 
 Exits non-zero on any unexpected answer (a failure in Locust's terms), on a worker restart, or when the workers'
 memory keeps growing: the mean of the last quarter of the run more than --growth-limit above the second quarter's.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import re
 import sys
 import tempfile
@@ -29,7 +31,7 @@ from typing import Dict, List
 import psutil
 
 from anysize_tools.archive import build, demo_spec
-from anysize_tools.load_report import MEMORY_CSV, memory_section, read_memory, write_report
+from anysize_tools.load_report import MEMORY_CSV, memory_figures, read_memory, write_report
 from anysize_tools.loadtest import RESULTS, run_load_test
 from anysize_tools.torchserve import TorchServe
 
@@ -121,8 +123,10 @@ def main() -> int:
             stop.set()
             server.stop()
     memory_plot(rows, run_dir)
+    figures = memory_figures(read_memory(run_dir / MEMORY_CSV), args.growth_limit)
+    (run_dir / "memory.json").write_text(json.dumps(figures, indent=1) + "\n")
     write_report(run_dir)  # again, now with the memory section rendered from memory.csv
-    _, memory_ok = memory_section(read_memory(run_dir / MEMORY_CSV), args.growth_limit)
+    memory_ok = figures["passed"]
     print((run_dir / "summary.md").read_text())
     ok = status == 0 and memory_ok
     print(f"[soak] {'PASSED' if ok else 'FAILED'}: report in {run_dir / 'summary.md'}", flush=True)

@@ -178,3 +178,50 @@ def test_every_image_the_docs_and_manifests_run_is_one_make_image_builds():
         for tag in re.findall(r"(?<![\w/.-])(vgg-serve(?:-loadgen|-lb)?:[\w.]+)(?![\w-])", source.read_text()):
             if not tag.split(":")[1].isdigit() and tag.split(":")[1] not in ("TAG",):
                 assert tag in built, f"{source.relative_to(REPO)} runs {tag}, which `make image` does not build"
+
+
+# Runs a script as `python script.py ARGS` would, but stops right after its arguments parse (exit 2 if they do not).
+PARSE_ONLY = """
+import argparse, runpy, sys
+parse = argparse.ArgumentParser.parse_args
+def parse_then_stop(self, args=None, namespace=None):
+    parse(self, args, namespace)
+    print("PARSED")
+    sys.exit(0)
+argparse.ArgumentParser.parse_args = parse_then_stop
+sys.argv = sys.argv[1:]
+sys.path.insert(0, sys.argv[0].rsplit("/", 1)[0])
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+DOC_TEXTS = ("README.md", "loadtests/README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")))
+
+
+def test_every_make_target_and_python_command_the_docs_name_exists_and_parses_its_options():
+    """`make X` must be a target of the Makefile; `python path.py --flags` must name a file whose argument parser
+    accepts those flags (the script runs until its parse_args returns, then stops); `python -m module` imports."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    makes, scripts, modules = set(), set(), set()
+    for name in DOC_TEXTS:
+        text = (REPO / name).read_text()
+        makes |= set(re.findall(r"(?:^|`|\$ |&& )make ([a-z][a-z-]*)", text, flags=re.M))
+        for match in re.finditer(r"(?:^|`)\s*(?:\.venv/bin/)?python3? ((?:scripts|loadtests|deploy)/[\w/]+\.py)"
+                                 r"((?: --?[a-z][\w-]*(?:[ =](?!-)[^\s`#|&;]+)?)*)", text, flags=re.M):
+            flags = match.group(2).strip()
+            if "{" not in flags and not re.search(r"(?:^| )[A-Z][A-Z_]+(?: |$)", flags):  # not a usage synopsis
+                scripts.add((match.group(1), flags))
+        modules |= set(re.findall(r"python3? -m (anysize_tools[\w.]*)", text))
+    assert {"serve", "test", "bench", "docs-check"} <= makes and scripts and modules
+    targets = set(re.findall(r"^([a-z][\w-]*):", (REPO / "Makefile").read_text(), flags=re.M))
+    assert makes <= targets, f"the docs name make targets the Makefile lacks: {sorted(makes - targets)}"
+    for script, flags in sorted(scripts):
+        assert (REPO / script).is_file(), script
+        run = subprocess.run([sys.executable, "-c", PARSE_ONLY, script, *shlex.split(flags)], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        printed = "usage:" if {"-h", "--help"} & set(shlex.split(flags)) else "PARSED"
+        assert run.returncode == 0 and printed in run.stdout, f"python {script} {flags}: {run.stderr[-800:]}"
+    for module in sorted(modules):
+        __import__(module)

@@ -75,3 +75,12 @@ def test_a_strict_reading_refuses_figures_without_references_but_not_settings_or
     text = ("Accuracy fell to 81.3 % at 8x [93.1 %](d.json#a) with `600 s` of timeout;\n"
             "the target is >= 95 % and a 12 MP photo costs at most 2x.\n")
     assert [f.split(": ")[1] for f in docs_check.bare_figures(text)] == ["81.3 %"]
+
+
+def test_a_summary_that_no_longer_follows_from_its_raw_data_fails_the_check(tmp_path):
+    study = "docs/resolution-study"
+    root = copy_of(tmp_path, "docs", "model_store/demo")  # the reading links to other pages and data
+    data = json.loads((root / f"{study}.json").read_text())
+    data["targets"]["fcn"]["scenes"]["canvas_worst"]["accuracy"] = 0.95  # a target met on paper
+    (root / f"{study}.json").write_text(json.dumps(data, indent=1) + "\n")
+    assert any("no longer follow from its raw data" in p for p in docs_check.problems(root))

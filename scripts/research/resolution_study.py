@@ -98,11 +98,13 @@ class Scorer:
         self.adaptive = load_model("demo", "adaptive", state_dict)
         self.fcn = load_model("demo", "fcn", state_dict)
         self.pool = ARCHS["demo"].pool_size
+        # channels-last trunk, as the demo archives run it (anysize_tools.archive.demo_spec)
+        self.adaptive.features.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def probabilities(self, pixels: torch.Tensor) -> Dict[str, torch.Tensor]:
         """(N, H, W, 3) uint8 -> {method: (N, classes) probabilities}."""
-        features = self.adaptive.features(normalize(pixels))
+        features = self.adaptive.features(normalize(pixels).contiguous(memory_format=torch.channels_last))
         out = {"adaptive": self.adaptive.classifier(torch.flatten(self.adaptive.avgpool(features), 1))}
         score_map = self.fcn.classifier(pool_up_to(features, self.pool))
         out.update({f"fcn-{a}": aggregate(score_map, a) for a in AGGREGATIONS})
@@ -265,7 +267,46 @@ def run_study(args: argparse.Namespace) -> Dict:
             "command": " ".join(["python"] + sys.argv), "working_scale": {h: list(r) for h, r in working.items()},
             "multi_scales": MULTI_SCALES,
             "unit": UNIT, "seconds": round(time.perf_counter() - started_all), "rows": rows,
-            "defaults": choose_defaults(rows)}
+            "defaults": (defaults := choose_defaults(rows)), "targets": issue_targets(rows, defaults)}
+
+
+def issue_targets(rows: List[Dict], defaults: Dict) -> Dict:
+    """The figures issue 13's targets are judged by, per head under its defaults and per source, so the reading
+    quotes them from this file: the worst zoom condition from 48x48 on, the largest shortfall below resize+crop,
+    the worst canvas condition, the native range (longest run of measured square sides at >= NATIVE_FLOOR,
+    largest / smallest side) and the cost of a 12 MP JPEG over a 448x448 one (decoding included)."""
+    def worst(items):
+        value, condition = min(items)
+        return {"accuracy": value, "condition": condition}
+    out = {}
+    for head, chosen in defaults.items():
+        policy, method = chosen["policy"], chosen["method"]
+        entry = {}
+        for source in ("scenes", "probe"):
+            zoom = [r for r in rows if r["mode"] == "zoom" and min(r["width"], r["height"]) >= 48]
+            canvas = [r for r in rows if r["mode"] == "canvas"]
+            entry[source] = {
+                "zoom_worst": worst((r[source][policy]["accuracy"][method], r["condition"]) for r in zoom),
+                "canvas_worst": worst((r[source][policy]["accuracy"][method], r["condition"]) for r in canvas),
+                "most_below_resize_crop": max(r[source]["resize+crop"]["accuracy"] - r[source][policy]["accuracy"][method]
+                                              for r in zoom),
+            }
+        sides = sorted((r["width"], r["scenes"]["native"]["accuracy"]) for r in rows
+                       if r["mode"] == "zoom" and r["width"] == r["height"])
+        methods = ["adaptive"] if head == "adaptive" else [f"fcn-{a}" for a in AGGREGATIONS]
+        longest, run = [], []
+        for side, accuracy in sides:
+            run = run + [side] if max(accuracy[m] for m in methods) >= NATIVE_FLOOR else []
+            longest = run if len(run) > len(longest) else longest
+        entry["native_range"] = {"sides": [longest[0], longest[-1]] if longest else [],
+                                 "ratio": longest[-1] / longest[0] if longest else 0.0}
+        timing = policy if policy != "multi-max" else "multi"  # the same views and passes
+        cost = {r["condition"]: r["scenes"][timing]["decode_ms"] + r["scenes"][timing]["forward_ms"] for r in rows
+                if r["mode"] == "zoom" and (r["width"], r["height"]) in ((4032, 3024), (448, 448))}
+        large, small = cost["4032x3024 (12 MP)"], cost["448x448"]
+        entry["cost"] = {"ms_12mp": large, "ms_448": small, "ratio": large / small}
+        out[head] = entry
+    return out
 
 
 def merge_heads(adaptive: Dict, fcn: Dict) -> Dict:
