@@ -93,7 +93,7 @@ def test_overlays_choose_the_hardware_precision_and_autoscaling_signal(overlay):
         assert metrics[0]["type"] == "Pods" and "queue" in metrics[0]["pods"]["metric"]["name"]
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     else:
-        assert gpus is None and handler["precision"] == "fp32"
+        assert gpus is None and handler["precision"] == "fp32" and handler["channels_last"] is True  # as demo_spec
         assert metrics[0]["resource"]["name"] == "cpu"
 
 

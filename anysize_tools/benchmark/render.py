@@ -237,7 +237,8 @@ def render(results: dict) -> str:
         "",
     ]
     if not any(is_sweep(run["config"]) for run in results["served"]):
-        lines += [f"The batching sweep (`make bench-sweep`) is in `{SWEEP_DOC.relative_to(REPO)}`.", ""]
+        lines += [f"`make bench-sweep` writes the batching sweep to `{SWEEP_DOC.relative_to(REPO)}` and its data to "
+                  f"`{SWEEP_DOC.with_suffix('.json').relative_to(REPO)}`.", ""]
     return "\n".join(lines)
 
 

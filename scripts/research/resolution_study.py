@@ -2,7 +2,7 @@
 """Is the demo model right at every size? Accuracy and time per image versus input resolution, for every head,
 aggregation and scale policy, on held-out scenes and on an independent probe.
 
-    .venv/bin/python scripts/research/resolution_study.py        # what `make study` runs (about 25 minutes on 2 cores)
+    .venv/bin/python scripts/research/resolution_study.py        # what `make study` runs (45 minutes on 2 cores: "seconds" in its JSON)
 
 Two sources of pictures, both sent as JPEG like a user's photo: the `test` split of the training data's generator
 (`anysize_tools/shapes.py`, scenes it never trained on) and `shape_probe.py` (other drawing code, other backgrounds).
