@@ -27,7 +27,7 @@ OUTPUT = DOCS / "test-runs.json"
 INSTALL_DONE = "touch .venv/.installed"  # the Makefile's last install step, echoed by make before pytest starts
 
 
-def one_run(commit: str, workdir: Path) -> dict:
+def one_run(commit: str, workdir: Path, log: Path) -> dict:
     clone = workdir / "clone"
     shutil.rmtree(clone, ignore_errors=True)
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
@@ -37,10 +37,13 @@ def one_run(commit: str, workdir: Path) -> dict:
     lines = []
     with subprocess.Popen(["bash", ".ci/run"], cwd=clone, env=dict(os.environ, CI="true"), stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
-        for line in process.stdout:
-            lines.append(line)
-            if installed is None and INSTALL_DONE in line:
-                installed = time.monotonic()
+        with open(log, "w") as copy:
+            for line in process.stdout:
+                lines.append(line)
+                copy.write(line)
+                copy.flush()
+                if installed is None and INSTALL_DONE in line:
+                    installed = time.monotonic()
     total = time.monotonic() - started
     summary = next((line.strip("= \n") for line in reversed(lines) if re.search(r"\d+ (passed|failed)", line)), "")
     shutil.rmtree(clone, ignore_errors=True)
@@ -53,13 +56,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--commit", default="HEAD")
+    parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()),
+                        help="folder for each run's full output (fresh-clone-run-N.log)")
     args = parser.parse_args()
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", args.commit], check=True, capture_output=True,
                             text=True).stdout.strip()
     runs = []
     with tempfile.TemporaryDirectory(prefix="fresh-clone-") as scratch:
         for index in range(args.runs):
-            runs.append(one_run(commit, Path(scratch)))
+            runs.append(one_run(commit, Path(scratch), args.logs / f"fresh-clone-run-{index + 1}.log"))
             print(json.dumps(runs[-1]), flush=True)
     OUTPUT.write_text(json.dumps({
         "command": " ".join(["python"] + sys.argv), "commit": commit,
