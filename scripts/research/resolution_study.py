@@ -186,25 +186,24 @@ def images_for(width: int, height: int, args) -> int:
     return args.large_images if width * height > 2_500_000 else args.images
 
 
-def working_range_from(rows: List[Dict], head: str) -> Tuple[int, int]:
-    """The shorter sides where native accuracy on held-out scenes (zoom, square) is >= NATIVE_FLOOR for the head
-    (for fcn: its best aggregation at that side); the upper end capped at COST_CAP."""
-    good = []
-    for row in rows:
-        if row["mode"] != "zoom" or row["width"] != row["height"]:
-            continue
-        accuracy = row["scenes"]["native"]["accuracy"]
-        best = accuracy["adaptive"] if head == "adaptive" else max(accuracy[f"fcn-{a}"] for a in AGGREGATIONS)
-        good.append((row["width"], best >= NATIVE_FLOOR))
-    good.sort()
-    inside = [side for side, ok in good if ok]
-    if not inside:
-        return (MIN_SIDE, COST_CAP)
-    # the longest run of consecutive measured sides that pass
+def longest_native_run(rows: List[Dict], head: str) -> List[int]:
+    """The longest run of consecutive measured square zoom sides where the head keeps >= NATIVE_FLOOR natively on
+    held-out scenes (for fcn: its best aggregation at that side)."""
+    methods = ["adaptive"] if head == "adaptive" else [f"fcn-{a}" for a in AGGREGATIONS]
+    sides = sorted((row["width"], max(row["scenes"]["native"]["accuracy"][m] for m in methods) >= NATIVE_FLOOR)
+                   for row in rows if row["mode"] == "zoom" and row["width"] == row["height"])
     best, run = [], []
-    for side, ok in good:
+    for side, ok in sides:
         run = run + [side] if ok else []
         best = run if len(run) > len(best) else best
+    return best
+
+
+def working_range_from(rows: List[Dict], head: str) -> Tuple[int, int]:
+    """The longest native run (longest_native_run), its upper end capped at COST_CAP."""
+    best = longest_native_run(rows, head)
+    if not best:
+        return (MIN_SIDE, COST_CAP)
     low = max(MIN_SIDE, best[0])
     return low, max(low, min(best[-1], COST_CAP))
 
@@ -278,26 +277,20 @@ def issue_targets(rows: List[Dict], defaults: Dict) -> Dict:
     def worst(items):
         value, condition = min(items)
         return {"accuracy": value, "condition": condition}
+    zoom = [r for r in rows if r["mode"] == "zoom" and min(r["width"], r["height"]) >= 48]
+    canvas = [r for r in rows if r["mode"] == "canvas"]
     out = {}
     for head, chosen in defaults.items():
         policy, method = chosen["policy"], chosen["method"]
         entry = {}
         for source in ("scenes", "probe"):
-            zoom = [r for r in rows if r["mode"] == "zoom" and min(r["width"], r["height"]) >= 48]
-            canvas = [r for r in rows if r["mode"] == "canvas"]
             entry[source] = {
                 "zoom_worst": worst((r[source][policy]["accuracy"][method], r["condition"]) for r in zoom),
                 "canvas_worst": worst((r[source][policy]["accuracy"][method], r["condition"]) for r in canvas),
                 "most_below_resize_crop": max(r[source]["resize+crop"]["accuracy"] - r[source][policy]["accuracy"][method]
                                               for r in zoom),
             }
-        sides = sorted((r["width"], r["scenes"]["native"]["accuracy"]) for r in rows
-                       if r["mode"] == "zoom" and r["width"] == r["height"])
-        methods = ["adaptive"] if head == "adaptive" else [f"fcn-{a}" for a in AGGREGATIONS]
-        longest, run = [], []
-        for side, accuracy in sides:
-            run = run + [side] if max(accuracy[m] for m in methods) >= NATIVE_FLOOR else []
-            longest = run if len(run) > len(longest) else longest
+        longest = longest_native_run(rows, head)
         entry["native_range"] = {"sides": [longest[0], longest[-1]] if longest else [],
                                  "ratio": longest[-1] / longest[0] if longest else 0.0}
         timing = policy if policy != "multi-max" else "multi"  # the same views and passes
