@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..workloads import load_images
-from .plan import IDLE_PAUSE, variant, weights_for
+from .plan import IDLE_PAUSE, WARMUP_SIZES, variant, weights_for
 
 
 # ------------------------------------------------------------------------------------------------ bare model
@@ -27,10 +27,12 @@ def seconds_per_call(function, min_seconds: float, min_calls: int = 3, pause: fl
 
 
 def bare_model(model: str, head: str, workload: str, batches: List[int], scratch: Path, precision: str = "fp32",
-               channels_last: bool = False, min_seconds: float = 3.0, images_per_kind: Optional[int] = None) -> dict:
+               channels_last: bool = False, min_seconds: float = 3.0, images_per_kind: Optional[int] = None,
+               compile: bool = False) -> dict:
     """Decode and model milliseconds per image for each request name, and images/s of the whole workload
     (uniform over request names, as the locustfile draws them) at each batch size. On a GPU the decoded pixels
-    are placed on it beforehand: the bare figure is the model's ceiling, without any transfer."""
+    are placed on it beforehand: the bare figure is the model's ceiling, without any transfer. ``compile``: the
+    model compiled as a compiled archive compiles it, at the workload's warm-up size and the largest batch."""
     import torch
 
     from anysize.classifier import ImageClassifier, images_per_pass
@@ -40,10 +42,13 @@ def bare_model(model: str, head: str, workload: str, batches: List[int], scratch
     from anysize.weights import read_state_dict
 
     source = weights_for(model, scratch)
-    options = HandlerOptions(arch=source["arch"], head=head, precision=precision, channels_last=channels_last)
+    options = HandlerOptions(arch=source["arch"], head=head, precision=precision, channels_last=channels_last,
+                             compile=compile, warmup_sizes=WARMUP_SIZES.get(workload, "") if compile else "")
     network = load_model(source["arch"], head, read_state_dict(Path(source["weights"])))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     classifier = ImageClassifier(network, options, [str(i) for i in range(1000)], "bare", device)
+    if compile:
+        classifier.warm_up(max(batches))  # compiles, then seals: other sizes run eagerly, as when served
     kinds = {}
     for kind, images in load_images(workload).items():
         images = images[:images_per_kind] if images_per_kind else images
@@ -75,7 +80,7 @@ def bare_model(model: str, head: str, workload: str, batches: List[int], scratch
               + f" per image; b1 after {IDLE_PAUSE * 1000:.0f} ms idle {after_pause_ms:.1f} ms", flush=True)
     throughput = {batch: 1000 / statistics.mean(k["model_ms"][batch] for k in kinds.values()) for batch in batches}
     return {"model": model, "head": head, "workload": workload, "precision": precision,
-            "channels_last": channels_last, "kinds": kinds,
+            "channels_last": channels_last, "compile": compile, "kinds": kinds,
             "model_images_per_s": throughput,
             "threads": torch.get_num_threads()}
 

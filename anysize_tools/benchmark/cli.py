@@ -14,7 +14,7 @@ from .. import answer_effects
 from ..loadtest import machine_description
 from ..paths import DOCS, REPO, RESULTS
 from .bare import bare_model, decode_comparison, gpu_description
-from .plan import DEFAULT_PARTS, PARTS, plan
+from .plan import DEFAULT_PARTS, PARTS, bare_key, plan
 from .render import write_doc
 from .served import served_run
 from .targets import targets
@@ -45,6 +45,13 @@ TorchServe's built-in ``image_classifier`` (resize 256, centre-crop 224) serving
 torchvision model file. Results go to results.json; a run of the default parts also copies them to
 docs/benchmarks.json and renders docs/benchmarks.md from them, keeping its hand-written "## Reading".
 """
+
+
+def bare_matches(bare, match: str) -> bool:
+    """A bare measurement is kept by --match when its model-head-workload matches, or is the start of the match
+    (the bare run behind a matched served run)."""
+    key = f"{bare.model}-{bare.head}-{bare.workload}"
+    return match in key or match.startswith(key)
 
 
 def main() -> int:
@@ -91,15 +98,21 @@ def main() -> int:
     save()
     with tempfile.TemporaryDirectory(prefix="benchmark-") as scratch_name:
         scratch = Path(scratch_name)
-        for model, head, workload, batches, precision, channels_last in runs["bare"]:
-            key = f"{model}-{head}-{workload}"
-            if args.match not in key and not args.match.startswith(key):  # the bare run behind a matched served run
-                continue
-            results["bare"].append(bare_model(model, head, workload, batches, scratch, precision, channels_last))
-            save()
+        # Each bare measurement is taken just before the first served run divided by it (the machine's speed
+        # drifts by a few per cent over a sitting); the ones no matched run needs come last.
+        pending = {bare.key: bare for bare in runs["bare"] if bare_matches(bare, args.match)}
+
+        def measure_bare(key):
+            bare = pending.pop(key, None)
+            if bare is not None:
+                results["bare"].append(bare_model(bare.model, bare.head, bare.workload, list(bare.batches), scratch,
+                                                  bare.precision, bare.channels_last, compile=bare.compile))
+                save()
+
         for config in runs["served"]:
             if args.match not in config.name:
                 continue
+            measure_bare(bare_key(asdict(config)))
             try:
                 duration = args.mixed_duration if config.workload == "mixed" else args.duration
                 run = served_run(config, scratch, out_dir, duration)
@@ -109,6 +122,8 @@ def main() -> int:
             failed += run["status"] != 0
             results["served"].append(run)
             save()
+        for key in list(pending):
+            measure_bare(key)
     results["meta"]["minutes"] = (time.time() - started) / 60
     save()
     print(f"[benchmark] results: {out_dir / 'results.json'}", flush=True)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from .. import answer_effects
 from ..paths import DEMO
@@ -16,6 +16,10 @@ IDLE_PAUSE = 0.02  # seconds idle before each timed call of the "after idle" bar
 SWEEP_USERS = 16  # enough closed-loop users to fill the largest batch
 SWEEP_DELAYS = (5, 25, 100)  # maxBatchDelay values, milliseconds
 MIXED_USERS = 12  # enough to fill batches of 4 on mixed sizes (not SWEEP_USERS: that number marks sweep runs)
+# Our handler and the stock one at fp32 on 224x224 differ by a few per cent, about what this shared machine drifts
+# in a few minutes: they run in this many interleaved rounds (ours, ours channels_last, stock, ...), compared by
+# their medians.
+LIKE_ROUNDS = 3
 
 SAME_SIZE_WORKLOADS = ("fixed", "1080p")  # every image the same size: the server can batch up to batchSize
 WARMUP_SIZES = {"fixed": "224x224", "1080p": "1920x1080"}  # the sizes a workload sends, warmed up at worker start
@@ -40,6 +44,7 @@ class Served:
     buckets: str = ""
     compile: bool = False
     processes: int = 1  # Locust processes: one master and this many workers when above 1
+    round: int = 0  # which of the LIKE_ROUNDS interleaved rounds (0: a configuration run once)
 
     @property
     def variant(self) -> str:
@@ -50,7 +55,36 @@ class Served:
         head = "stock" if self.handler == "stock" else self.head
         suffix = "".join(f"-{part}" for part in self.variant.split() if part != "fp32")
         return (f"{self.model}-{head}-{self.workload}-b{self.batch}-d{self.delay}-w{self.workers}-u{self.users}"
-                + suffix.replace("+", "-"))
+                + suffix.replace("+", "-") + (f"-r{self.round}" if self.round else ""))
+
+
+@dataclass(frozen=True)
+class Bare:
+    """One bare-model measurement: the handler's forward pass with no server, at these batch sizes."""
+    model: str
+    head: str
+    workload: str
+    batches: Tuple[int, ...]
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def key(self) -> tuple:
+        return bare_key(asdict(self))
+
+
+def bare_key(config: dict) -> tuple:
+    """What a bare measurement and the served runs divided by it share: model, head, workload, precision, memory
+    format, compilation (a compiled served run is divided by the compiled bare model)."""
+    return (config["model"], config["head"], config["workload"], config.get("precision", "fp32"),
+            bool(config.get("channels_last")), bool(config.get("compile")))
+
+
+def base_name(name: str) -> str:
+    """A run's name without its round: the configuration the interleaved rounds repeat."""
+    head, _, last = name.rpartition("-")
+    return head if last[:1] == "r" and last[1:].isdigit() else name
 
 
 def variant(config: dict) -> str:
@@ -79,10 +113,11 @@ def weights_for(model: str, scratch: Path) -> Dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------------ plan
 def plan(parts: List[str], gpu: bool) -> Dict[str, list]:
-    """Bare-model measurements as (model, head, workload, batch sizes, precision, channels_last) and the served
-    configurations, for this machine. On a CPU, VGG16 runs at 224x224 only (a 2048 px image takes about 16 s) and
-    mixed sizes use the demo model; on a GPU, VGG16 also runs the 1080p workload, with bigger batches, several
-    workers and Locust in several processes (above about a thousand requests per second one process is the limit)."""
+    """The bare-model measurements (``Bare``) and the served configurations (``Served``), for this machine. On a
+    CPU, VGG16 runs at 224x224 only (a 2048 px image takes about 16 s) and mixed sizes use the demo model; on a
+    GPU, VGG16 also runs the 1080p workload, with bigger batches, several workers and Locust in several processes
+    (above about a thousand requests per second one process is the limit). The comparison with the stock handler at
+    fp32 runs in LIKE_ROUNDS interleaved rounds."""
     runs: Dict[str, list] = {"bare": [], "served": []}
     heads = ("fcn", "adaptive")
     if gpu:
@@ -92,18 +127,30 @@ def plan(parts: List[str], gpu: bool) -> Dict[str, list]:
         # fp32 gains nothing from batching on this CPU (bare vgg16: 190 ms per image at batch 1, 204 at batch 8),
         # bf16 halves its time per image at batch 8.
         batch, fp32_batch, workers, users, processes = 8, 1, 1, 16, 1
+    batches = tuple(sorted({1, batch}))
     if "bare" in parts:
         for head in heads:
+            for precision, channels_last in (("fp32", False), ("fp32", True), ("bf16", True)):
+                runs["bare"].append(Bare("vgg16", head, "fixed", batches, precision, channels_last))
+            runs["bare"].append(Bare("vgg16", head, "fixed", batches, **FAST, compile=True))
             for precision, channels_last in (("fp32", False), ("bf16", True)):
-                runs["bare"].append(("vgg16", head, "fixed", sorted({1, batch}), precision, channels_last))
-                runs["bare"].append(("demo", head, "mixed", [1], precision, channels_last))
+                runs["bare"].append(Bare("demo", head, "mixed", (1,), precision, channels_last))
                 if gpu:
-                    runs["bare"].append(("vgg16", head, "1080p", [1, big["batch"]], precision, channels_last))
-        runs["bare"] += [("demo", "fcn", "fixed", [1], "fp32", False), ("demo", "fcn", "formats", [1, 4], "fp32", False)]
+                    runs["bare"].append(Bare("vgg16", head, "1080p", (1, big["batch"]), precision, channels_last))
+        runs["bare"] += [Bare("demo", "fcn", "fixed", (1,)), Bare("demo", "fcn", "formats", (1, 4))]
+    if "served" in parts or "stock" in parts:
+        # The same workers and Locust processes for ours and the stock handler, so the ratio compares handlers.
+        like = []
+        if "served" in parts:
+            like += [Served("vgg16", head, "fixed", fp32_batch, 5, workers, users, processes=processes,
+                            channels_last=channels_last) for head in heads for channels_last in (False, True)]
+        if "stock" in parts:
+            like += [Served("vgg16", "adaptive", "fixed", fp32_batch, 5, workers, users, handler="stock",
+                            processes=processes)]
+        runs["served"] += [replace(config, round=r) for r in range(1, LIKE_ROUNDS + 1) for config in like]
     if "served" in parts:
         for head in heads:
             runs["served"] += [
-                Served("vgg16", head, "fixed", fp32_batch, 5, workers, users, processes=processes),
                 Served("vgg16", head, "fixed", batch, 5, workers, users, processes=processes, **FAST),
                 Served("vgg16", head, "fixed", batch, 5, workers, users, processes=processes, compile=True, **FAST),
                 Served("demo", head, "mixed", 4, 5, 1, MIXED_USERS),
@@ -114,10 +161,9 @@ def plan(parts: List[str], gpu: bool) -> Dict[str, list]:
         runs["served"] += [Served("demo", "fcn", "formats", 4, 5, 1, 8)]
         # One user, nothing queued: client latency minus the logged queue and worker time is the frontend's own cost.
         runs["served"] += [Served("demo", "fcn", "fixed", 1, 5, 1, 1), Served("vgg16", "fcn", "fixed", 1, 5, 1, 1)]
-    if "stock" in parts:
-        # The same workers and Locust processes as ours, so the ratio compares handlers, not configurations.
-        runs["served"] += [Served("vgg16", "adaptive", "fixed", b, 5, workers, users, handler="stock",
-                                  processes=processes) for b in sorted({1, batch})]
+    if "stock" in parts and fp32_batch != batch:
+        runs["served"] += [Served("vgg16", "adaptive", "fixed", batch, 5, workers, users, handler="stock",
+                                  processes=processes)]
     if "sweep" in parts:
         # maxBatchDelay means nothing at batchSize 1 (a batch of one never waits), so it is swept above that.
         runs["served"] += [Served("demo", "fcn", workload, batch, delay, workers, SWEEP_USERS)

@@ -10,7 +10,7 @@ from anysize.stage_metrics import STAGES
 from ..paths import DOCS, REPO
 from ..workloads import PROFILES
 from .plan import IDLE_PAUSE, MIXED_BUCKETS, MIXED_USERS, SWEEP_USERS, variant
-from .targets import bare_share, best_run, fmt, targets
+from .targets import bare_share, best_run, fmt, like_with_like, targets
 
 DOC = DOCS / "benchmarks.md"
 SWEEP_DOC = DOCS / "batching-sweep.md"
@@ -25,6 +25,8 @@ def served_rows(results: dict, keep) -> List[str]:
         if not keep(config):
             continue
         handler = "stock image_classifier" if config["handler"] == "stock" else f"ours ({config['head']})"
+        if config.get("round"):
+            handler += f", round {config['round']}"
         share = bare_share(results, run)
         bare = run["rps"] / share if share else None  # the bare model's rate on the same mix of images
         rows.append(f"| {config['model']} | {handler} | {variant(config)} | {config['workload']} | {config['batch']} | "
@@ -51,6 +53,8 @@ def breakdown_rows(results: dict) -> List[str]:
             continue
         config = run["config"]
         handler = "stock" if config["handler"] == "stock" else config["head"]
+        if config.get("round"):
+            handler += f" r{config['round']}"
         stages = [run[f"{stage}_ms_per_request"] for stage in stage_names(run)]
         outside = run["worker_ms"] - sum(stages) if stages else None
         frontend = run["server_ms"] - run["queue_wait_ms"] - run["worker_ms"]
@@ -74,6 +78,20 @@ def bare_rows(results: dict) -> List[str]:
                         f"{fmt(figures.get('normalize_ms'), 2)} | {model_ms} | "
                         f"{fmt(figures.get('model_ms_after_pause'))} |")
     return rows
+
+
+def like_rows(results: dict) -> List[str]:
+    def figures(values, digits):
+        return " / ".join(fmt(v, digits) for v in values)
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return sorted(values)[len(values) // 2] if len(values) % 2 else None
+
+    return [f"| ours ({row['config']['head']}) {variant(row['config'])} | {figures(row['rps'], 2)} | "
+            f"{fmt(row['median'], 2)} | {figures(row['stock_rps'], 2)} | {fmt(row['stock_median'], 2)} | "
+            f"{fmt(row['ratio'], 2)} | {fmt(median(row['worker_ms']), 1)} | {fmt(median(row['stock_worker_ms']), 1)} | "
+            f"{fmt(median(row['forward_ms']), 1)} |" for row in like_with_like(results)]
 
 
 def target_rows(results: dict) -> List[str]:
@@ -161,6 +179,23 @@ def render(results: dict) -> str:
         "network on the image at its own size.",
         "",
     ]
+    like = like_rows(results)
+    if like:
+        lines += [
+            "## Like with like: our handler and the stock handler at fp32",
+            "",
+            "The same 224x224 JPEGs, weights, batchSize, workers and users; the runs interleaved (ours NCHW and "
+            "channels_last for both heads, then the stock handler, round after round), so a drift of the machine's "
+            "speed reaches both alike. *worker ms* is the frontend's time per request for the batch's round trip to "
+            "the worker (median over rounds); *forward ms* the handler's forward stage inside it (the stock handler "
+            "does not log its stages).",
+            "",
+            "| ours | req/s per round | median | stock req/s per round | stock median | ours / stock | worker ms | "
+            "stock worker ms | forward ms |",
+            "|---|---|---:|---|---:|---:|---:|---:|---:|",
+            *like,
+            "",
+        ]
     if gpu:
         lines += ["## VGG16 at 1920x1080 JPEG", "", *SERVED_HEADER,
                   *served_rows(results, lambda c: c["workload"] == "1080p"), ""]
