@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup serve stop test docs-check loadtest bench benchmark bench-sweep soak params archive train-demo study image image-test \
+.PHONY: setup serve stop test docs-check loadtest bench benchmark bench-sweep soak kill-worker params archive train-demo study image image-test \
 	wheelhouse base-image scan clean
 
 setup: $(INSTALLED)
@@ -61,6 +61,10 @@ bench-sweep: $(INSTALLED)
 SOAK_DURATION ?= 10m
 soak: $(INSTALLED)
 	$(PY) loadtests/soak.py --duration $(SOAK_DURATION)
+
+# A worker SIGKILLed under load, five times on its own server (about a minute); rewrites docs/killed-worker.json.
+kill-worker: $(INSTALLED)
+	$(PY) loadtests/kill_worker.py
 
 params: $(INSTALLED)
 	$(PY) scripts/research/param_table.py --arch $(or $(ARCH),vgg16)

@@ -152,6 +152,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> ArchiveSpec:
     option("--channels-last", action="store_const", const=True)
     option("--cpu-threads", type=int, help="torch threads per worker on CPU (default 0: the cores divided by "
                                            "--max-workers)")
+    option("--no-keep-cpu-buffers", dest="keep_cpu_buffers", action="store_const", const=False,
+           help="on CPU, leave glibc's allocator thresholds as they are (by default freed forward-pass buffers up "
+                "to 32 MB are kept for the next pass: docs/design.md)")
     option("--warmup-sizes", help=f"WIDTHxHEIGHT,... run at worker start (batch 1 and --batch-size); '' for none "
                                   f"(default {defaults['warmup_sizes']})")
     option("--compile", action="store_const", const=True,

@@ -69,6 +69,12 @@ def _load_report(page: Path) -> str:
     return summary_page(page.parent, page.read_text())
 
 
+def _capacity(page: Path) -> str:
+    from .capacity import render
+
+    return render(page)
+
+
 @dataclass(frozen=True)
 class Page:
     path: str  # relative to the checkout
@@ -80,6 +86,7 @@ class Page:
 PAGES = (
     Page("docs/benchmarks.md", ("benchmarks.json",), _benchmarks),
     Page("docs/batching-sweep.md", ("batching-sweep.json",), _sweep, until_run=True),
+    Page("docs/capacity-plan.md", ("capacity-plan.json", "benchmarks.json"), _capacity),
     Page("docs/resolution-study.md", ("resolution-study.json",), _study),
     Page("model_store/demo/MODEL_CARD.md", ("training.json", "demo-vgg.pth"), _card),
     Page("docs/loadtest-example/summary.md", ("run.json", "locust_stats.csv"), _load_report),
@@ -101,8 +108,16 @@ def _study_summaries(path: Path):
     return {**results, "defaults": defaults, "targets": study.issue_targets(results["rows"], defaults)}
 
 
+def _benchmark_summary(path: Path):
+    from .benchmark.targets import summary
+
+    results = _json(path)
+    return {**results, "summary": summary(results)}
+
+
 DERIVED = (
     ("docs/soak/memory.json", _soak_memory),
+    ("docs/benchmarks.json", _benchmark_summary),
     ("docs/resolution-study.json", _study_summaries),
 )
 # Hand-written text where every figure must be a reference: (page, heading of the section, or None: the whole page)

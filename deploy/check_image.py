@@ -5,7 +5,7 @@ Needs a running Docker daemon and the image (`make image`). Starts a container w
 loopback port, waits for /ping, POSTs generated images of several sizes and formats with the key and compares every
 answer with a local TorchServe serving the same demo archives (built here by the same builder with the same flags),
 checks that requests without the key or with a wrong one are refused, stops the container (SIGTERM, as Kubernetes
-does) and reports the image size, the time to the first answer and the time to stop.
+does) and reports the image size, the time to the first answer and the time to stop, into docs/image-test.json.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import requests
 
 from anysize_tools.archive import build, demo_spec
 from anysize_tools.auth import bearer
+from anysize_tools.loadtest import machine_description
+from anysize_tools.paths import DOCS
 from anysize_tools.shapes import render_example
 from anysize_tools.torchserve import TorchServe, free_port
 
@@ -82,6 +84,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default="vgg-serve:1.0")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the container's /ping")
+    parser.add_argument("--out", type=Path, default=DOCS / "image-test.json",
+                        help="where the report goes (docs/deploy.md quotes it)")
     args = parser.parse_args()
     try:
         docker("info")
@@ -138,11 +142,15 @@ def main() -> int:
         docker("rm", "-f", name, check=False)
     if exit_code != "0":
         failures.append(f"the container exited with {exit_code} after SIGTERM (expected 0: a clean, drained stop)")
-    report = {"image": args.image, "image_size_gb": round(size_bytes / 1e9, 2),
+    report = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
+              "docker": docker("version", "--format", "{{.Server.Version}}", check=False),
+              "command": " ".join(["python deploy/check_image.py", *sys.argv[1:]]),
+              "image": args.image, "image_size_gb": round(size_bytes / 1e9, 2),
               "first_answer_s": round(first_answer_s, 1), "stop_s": round(stop_s, 1),
               "exit_code_after_sigterm": exit_code, "health_status": health, "answers_compared": 2 * len(bodies),
               "failures": failures}
     print(json.dumps(report, indent=1))
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
     say("PASSED" if not failures else f"FAILED: {len(failures)} problems")
     return 1 if failures else 0
 

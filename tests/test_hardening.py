@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +20,7 @@ from anysize.stage_metrics import batch_records
 from anysize_tools.archive import build, demo_spec
 from anysize_tools.auth import bearer
 from anysize_tools.hostile_corpus import cases, picture, saved
+from anysize_tools.kill_worker import kill_under_load
 from anysize_tools.torchserve import TorchServe
 
 pytestmark = pytest.mark.integration
@@ -200,63 +198,18 @@ def test_a_killed_worker_is_restarted_and_then_every_request_succeeds(server, re
     answers those it was computing (or handed it as it died) with "Worker died." as 507 or 500 (a race in its
     frontend, docs/reliability.md) and, in 0.12, drops the ones its worker thread had already taken for the next batch
     (no answer: the client's timeout ends them). Every request after the restart succeeds."""
-    client_timeout, clients = 10, 3
+    clients = 3
     (worker,) = server.workers("demo-fcn")
-    outcomes, stop = [], threading.Event()
-
-    def load(client: int):
-        while not stop.is_set():
-            sent = time.monotonic()
-            try:
-                answer = post(server, data=GOOD, headers={"Content-Type": "image/png"}, timeout=client_timeout)
-                status = answer.status_code
-                if status != 200:  # the frontend's own error body: {"code", "type", "message"}
-                    status = f"{status} {answer.json().get('message')}"
-                outcomes.append((sent, time.monotonic(), status, client))
-            except requests.Timeout:
-                outcomes.append((sent, time.monotonic(), "timeout", client))
-            except requests.RequestException as error:  # counted, so that it fails the test below
-                outcomes.append((sent, time.monotonic(), type(error).__name__, client))
-
-    def wait_for(condition, seconds: float, what: str) -> None:
-        deadline = time.monotonic() + seconds
-        while not condition():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.05)
-
-    threads = [threading.Thread(target=load, args=(client,)) for client in range(clients)]
-    for thread in threads:
-        thread.start()
-    wait_for(lambda: {o[3] for o in outcomes if o[2] == 200} == set(range(clients)), 60,
-             "every client answered once before the kill")
-    killed_at = time.monotonic()
-    os.kill(int(worker["pid"]), signal.SIGKILL)
-    recovered_at = None  # a fresh client probing from the moment of the kill: when is the service back?
-    while recovered_at is None and time.monotonic() < killed_at + 60:
-        try:
-            if post(server, data=GOOD, headers={"Content-Type": "image/png"}, timeout=5).status_code == 200:
-                recovered_at = time.monotonic()
-        except requests.Timeout:
-            pass
-    assert recovered_at is not None, "no answer within 60 s of the kill"
-    # Each client sends one request at a time: once each has had an answer to one sent after the recovery, every
-    # request it had in flight at the kill has ended (answered, refused or timed out).
-    wait_for(lambda: {o[3] for o in outcomes if o[0] > recovered_at and o[2] == 200} == set(range(clients)),
-             client_timeout + 30, "every client answered after the recovery")
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=client_timeout + 5)
-    affected = [o[:3] for o in outcomes if o[1] > killed_at]
-    failed = [o for o in affected if o[2] != 200]
-    print(f"worker killed: {len(failed)} of {len(affected)} load requests failed "
-          f"({sorted(set(str(o[2]) for o in failed))}); the service answered again {recovered_at - killed_at:.1f} s "
-          "after the kill")
+    run = kill_under_load(lambda timeout: post(server, data=GOOD, headers={"Content-Type": "image/png"},
+                                               timeout=timeout), int(worker["pid"]), clients=clients)
+    print(f"worker killed: {run.summary()}")
+    assert run.recovered_at is not None, "no answer within 60 s of the kill"
     # WorkerThread.run's finally answers the held batch with 500, or 413 (which RestJob.sendError sends as 507) when
     # the JVM has already reaped the worker and reads its exit value 137; nothing else is a worker death.
-    assert all(o[2] in ("507 Worker died.", "500 Worker died.", "timeout") for o in failed), failed
+    assert all(o[2] in ("507 Worker died.", "500 Worker died.", "timeout") for o in run.failed), run.failed
     # Only requests sent before the service was back can fail, and few: those the dying worker held or was given.
-    assert all(sent < recovered_at for sent, _, _ in failed)
-    assert len(failed) <= 2 * clients
+    assert all(sent < run.recovered_at for sent, *_ in run.failed)
+    assert len(run.failed) <= 2 * clients
     (restarted,) = server.workers("demo-fcn")
     assert restarted["pid"] != worker["pid"] and restarted["status"] == "READY"
     answers = [post(server, data=GOOD, headers={"Content-Type": "image/png"}) for _ in range(5)]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..workloads import load_images
-from .plan import IDLE_PAUSE, WARMUP_SIZES, variant, weights_for
+from .plan import IDLE_PAUSE, variant
 
 
 # ------------------------------------------------------------------------------------------------ bare model
@@ -30,54 +30,72 @@ def bare_model(model: str, head: str, workload: str, batches: List[int], scratch
                channels_last: bool = False, min_seconds: float = 3.0, images_per_kind: Optional[int] = None,
                compile: bool = False) -> dict:
     """Decode and model milliseconds per image for each request name, and images/s of the whole workload
-    (uniform over request names, as the locustfile draws them) at each batch size. On a GPU the decoded pixels
-    are placed on it beforehand: the bare figure is the model's ceiling, without any transfer. ``compile``: the
-    model compiled as a compiled archive compiles it, at the workload's warm-up size and the largest batch."""
+    (uniform over request names, as the locustfile draws them) at each batch size. The classifier is built with
+    the served archive's own HandlerOptions, so an image costs what it costs served: every view the archive feeds
+    (the demo's scales and mirrors), same-size views in one pass. On a GPU the decoded views are placed on it
+    beforehand: the bare figure is the model's ceiling, without any transfer. ``compile``: the model compiled as a
+    compiled archive compiles it, at the workload's warm-up size and the largest batch."""
     import torch
 
-    from anysize.classifier import ImageClassifier, images_per_pass
-    from anysize.handler_config import HandlerOptions
-    from anysize.image_decoding import decode_image, normalize
+    from anysize.classifier import ImageClassifier
+    from anysize.cpu_memory import keep_freed_buffers
+    from anysize.image_decoding import normalize
     from anysize.vgg_models import load_model
-    from anysize.weights import read_state_dict
+    from anysize.weights import file_weights, read_state_dict
 
-    source = weights_for(model, scratch)
-    options = HandlerOptions(arch=source["arch"], head=head, precision=precision, channels_last=channels_last,
-                             compile=compile, warmup_sizes=WARMUP_SIZES.get(workload, "") if compile else "")
-    network = load_model(source["arch"], head, read_state_dict(Path(source["weights"])))
+    from .plan import Served
+    from .served import archive_spec
+
+    config = Served(model, head, workload, max(batches), 5, 1, 1, precision=precision, channels_last=channels_last,
+                    compile=compile)
+    spec = archive_spec(config, scratch, scratch)
+    options = spec.handler_options(file_weights(Path(spec.weights)))
+    network = load_model(spec.arch, head, read_state_dict(Path(spec.weights)))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and options.keep_cpu_buffers:
+        keep_freed_buffers()  # the allocator settings the served worker runs with (process-wide)
     classifier = ImageClassifier(network, options, [str(i) for i in range(1000)], "bare", device)
     if compile:
         classifier.warm_up(max(batches))  # compiles, then seals: other sizes run eagerly, as when served
+    defaults = classifier.defaults
+
+    def view_groups(body: bytes) -> List[List["torch.Tensor"]]:
+        """The image's views as the handler forms its passes: same-size views together."""
+        views = [pixels.to(device) for _, pixels in classifier.expand([classifier.decode(body, defaults)], [defaults])]
+        return [[views[i] for i in chunk] for chunk in classifier.group(views)]
+
+    def image_seconds(groups, batch: int, seconds_each: float, pause: float = 0.0) -> float:
+        """Seconds per image when ``batch`` such images share passes: each group's views repeated for the batch's
+        images, never more per pass than the handler allows (max_pixels input pixels)."""
+        total = 0.0
+        for views in groups:
+            height, width = views[0].shape[:2]
+            copies = max(1, min(batch, classifier.images_per_pass(height, width) // len(views)))
+            stacked = torch.stack(views * copies)
+            total += seconds_per_call(lambda: classifier.forward(stacked), seconds_each, 2 if not pause else 3,
+                                      pause=pause) / copies
+        return total
+
     kinds = {}
     for kind, images in load_images(workload).items():
         images = images[:images_per_kind] if images_per_kind else images
-        pixels = [decode_image(body, options.max_pixels, options.min_side, options.bomb_factor).to(device)
-                  for _, body in images]
+        groups = [view_groups(body) for _, body in images]
         decode_ms = 1000 * statistics.mean(
-            seconds_per_call(lambda body=body: decode_image(body, options.max_pixels, options.min_side,
-                                                            options.bomb_factor), 0.2, 3) for _, body in images)
+            seconds_per_call(lambda body=body: classifier.decode(body, defaults), 0.2, 3) for _, body in images)
         # The preprocessing inside the forward pass (uint8 HWC -> normalised float NCHW), timed on its own.
-        normalize_ms = 1000 * statistics.mean(seconds_per_call(lambda p=p: normalize(p.unsqueeze(0)), 0.1, 3)
-                                              for p in pixels)
-        model_ms = {}
-        for batch in batches:
-            # A batch of one image size, as the handler forms them: each image repeated up to ``batch`` times, but
-            # never more than the handler puts in one pass (max_pixels input pixels, e.g. 2 at 1920x1080).
-            def per_pass(p):
-                return min(batch, images_per_pass(options.max_pixels, p.shape[0], p.shape[1]))
-
-            per_image = [seconds_per_call(lambda p=p: classifier.forward(torch.stack([p] * per_pass(p))),
-                                          min_seconds / len(pixels), 2) / per_pass(p) for p in pixels]
-            model_ms[batch] = 1000 * statistics.mean(per_image)
-        after_pause_ms = 1000 * statistics.mean(
-            seconds_per_call(lambda p=p: classifier.forward(p.unsqueeze(0)), 0, 3, pause=IDLE_PAUSE)
-            for p in pixels)
+        normalize_ms = 1000 * statistics.mean(
+            seconds_per_call(lambda g=g: [normalize(torch.stack(views)) for views in g], 0.1, 3) for g in groups)
+        model_ms = {batch: 1000 * statistics.mean(image_seconds(g, batch, min_seconds / len(groups) / len(g))
+                                                  for g in groups) for batch in batches}
+        after_pause_ms = 1000 * statistics.mean(image_seconds(g, 1, 0, pause=IDLE_PAUSE) for g in groups)
         kinds[kind] = {"decode_ms": decode_ms, "normalize_ms": normalize_ms, "model_ms": model_ms,
-                       "model_ms_after_pause": after_pause_ms, "images": len(images)}
-        print(f"[bare] {model}-{head} {variant(options.to_mapping())} {kind}: decode {decode_ms:.1f} ms, normalize {normalize_ms:.2f} ms, model "
+                       "model_ms_after_pause": after_pause_ms, "images": len(images),
+                       "views_per_image": statistics.mean(sum(map(len, g)) for g in groups)}
+        print(f"[bare] {model}-{head} {variant(options.to_mapping())} {kind}: decode {decode_ms:.1f} ms, "
+              f"normalize {normalize_ms:.2f} ms, model "
               + ", ".join(f"b{b} {ms:.1f} ms" for b, ms in model_ms.items())
-              + f" per image; b1 after {IDLE_PAUSE * 1000:.0f} ms idle {after_pause_ms:.1f} ms", flush=True)
+              + f" per image ({kinds[kind]['views_per_image']:.1f} views); b1 after {IDLE_PAUSE * 1000:.0f} ms idle "
+              f"{after_pause_ms:.1f} ms", flush=True)
     throughput = {batch: 1000 / statistics.mean(k["model_ms"][batch] for k in kinds.values()) for batch in batches}
     return {"model": model, "head": head, "workload": workload, "precision": precision,
             "channels_last": channels_last, "compile": compile, "kinds": kinds,

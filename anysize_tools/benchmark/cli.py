@@ -17,7 +17,7 @@ from .bare import bare_model, decode_comparison, gpu_description
 from .plan import DEFAULT_PARTS, PARTS, bare_key, plan
 from .render import write_doc
 from .served import served_run
-from .targets import targets
+from .targets import summary, targets
 
 DOC_DATA = DOCS / "benchmarks.json"  # the numbers behind the doc, so it can be re-rendered from git
 SWEEP_DATA = DOCS / "batching-sweep.json"  # ... and behind docs/batching-sweep.md
@@ -66,7 +66,10 @@ def main() -> int:
                         help="write docs/benchmarks.{md,json} even from a partial run (the default parts always do)")
     args = parser.parse_args()
     if args.render:
-        write_doc(json.loads(args.render.read_text()))
+        results = json.loads(args.render.read_text())
+        results["summary"] = summary(results)  # derived from the runs: recomputed, never edited
+        args.render.write_text(json.dumps(results, indent=1))
+        write_doc(results)
         return 0
 
     from importlib.metadata import version  # importing locust here would monkey-patch this process with gevent
@@ -125,9 +128,10 @@ def main() -> int:
         for key in list(pending):
             measure_bare(key)
     results["meta"]["minutes"] = (time.time() - started) / 60
+    results["summary"] = summary(results)
     save()
     print(f"[benchmark] results: {out_dir / 'results.json'}", flush=True)
-    for row in targets(results):
+    for row in results["summary"]["targets"]:
         print(f"[target] {row['machine']}: {row['target']}: {row['measured']} "
               f"({ {True: 'met', False: 'NOT MET', None: '-'}[row['met']] })", flush=True)
     default = not args.match and set(args.parts) == set(DEFAULT_PARTS)

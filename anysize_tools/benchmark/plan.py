@@ -26,6 +26,7 @@ WARMUP_SIZES = {"fixed": "224x224", "1080p": "1920x1080"}  # the sizes a workloa
 # Buckets for the mixed workload: a square, a landscape and a portrait size per long side it draws from.
 MIXED_BUCKETS = answer_effects.bucket_sizes(MIXED_LONG_SIDES)
 FAST = {"precision": "bf16", "channels_last": True}  # the reduced-precision variant measured next to fp32
+SHIPPED_DEMO = {"channels_last": True}  # the demo archives as shipped (archive.demo_spec): fp32, channels-last trunk
 
 
 @dataclass(frozen=True)
@@ -133,11 +134,12 @@ def plan(parts: List[str], gpu: bool) -> Dict[str, list]:
             for precision, channels_last in (("fp32", False), ("fp32", True), ("bf16", True)):
                 runs["bare"].append(Bare("vgg16", head, "fixed", batches, precision, channels_last))
             runs["bare"].append(Bare("vgg16", head, "fixed", batches, **FAST, compile=True))
-            for precision, channels_last in (("fp32", False), ("bf16", True)):
-                runs["bare"].append(Bare("demo", head, "mixed", (1,), precision, channels_last))
-                if gpu:
+            for precision in ("fp32", "bf16"):
+                runs["bare"].append(Bare("demo", head, "mixed", (1,), precision, channels_last=True))
+            if gpu:
+                for precision, channels_last in (("fp32", False), ("bf16", True)):
                     runs["bare"].append(Bare("vgg16", head, "1080p", (1, big["batch"]), precision, channels_last))
-        runs["bare"] += [Bare("demo", "fcn", "fixed", (1,)), Bare("demo", "fcn", "formats", (1, 4))]
+        runs["bare"] += [Bare("demo", "fcn", "fixed", (1,), **SHIPPED_DEMO), Bare("demo", "fcn", "formats", (1, 4), **SHIPPED_DEMO)]
     if "served" in parts or "stock" in parts:
         # The same workers and Locust processes for ours and the stock handler, so the ratio compares handlers.
         like = []
@@ -153,20 +155,20 @@ def plan(parts: List[str], gpu: bool) -> Dict[str, list]:
             runs["served"] += [
                 Served("vgg16", head, "fixed", batch, 5, workers, users, processes=processes, **FAST),
                 Served("vgg16", head, "fixed", batch, 5, workers, users, processes=processes, compile=True, **FAST),
-                Served("demo", head, "mixed", 4, 5, 1, MIXED_USERS),
+                Served("demo", head, "mixed", 4, 5, 1, MIXED_USERS, **SHIPPED_DEMO),
                 Served("demo", head, "mixed", 4, 5, 1, MIXED_USERS, **FAST)]
             if gpu:
                 runs["served"] += [Served("vgg16", head, "1080p", big["batch"], 5, workers, big["users"], **FAST)]
-        runs["served"] += [Served("demo", "fcn", "mixed", 4, 5, 1, MIXED_USERS, buckets=MIXED_BUCKETS)]
-        runs["served"] += [Served("demo", "fcn", "formats", 4, 5, 1, 8)]
+        runs["served"] += [Served("demo", "fcn", "mixed", 4, 5, 1, MIXED_USERS, buckets=MIXED_BUCKETS, **SHIPPED_DEMO)]
+        runs["served"] += [Served("demo", "fcn", "formats", 4, 5, 1, 8, **SHIPPED_DEMO)]
         # One user, nothing queued: client latency minus the logged queue and worker time is the frontend's own cost.
-        runs["served"] += [Served("demo", "fcn", "fixed", 1, 5, 1, 1), Served("vgg16", "fcn", "fixed", 1, 5, 1, 1)]
+        runs["served"] += [Served("demo", "fcn", "fixed", 1, 5, 1, 1, **SHIPPED_DEMO), Served("vgg16", "fcn", "fixed", 1, 5, 1, 1)]
     if "stock" in parts and fp32_batch != batch:
         runs["served"] += [Served("vgg16", "adaptive", "fixed", batch, 5, workers, users, handler="stock",
                                   processes=processes)]
     if "sweep" in parts:
         # maxBatchDelay means nothing at batchSize 1 (a batch of one never waits), so it is swept above that.
-        runs["served"] += [Served("demo", "fcn", workload, batch, delay, workers, SWEEP_USERS)
+        runs["served"] += [Served("demo", "fcn", workload, batch, delay, workers, SWEEP_USERS, **SHIPPED_DEMO)
                            for workload in ("fixed", "mixed") for workers in (1, 2) for batch in (1, 4, 8, 16)
                            for delay in ((5,) if batch == 1 else SWEEP_DELAYS)]
     return runs

@@ -121,11 +121,11 @@ def bucket_rows(results: dict) -> List[str]:
 
 
 def bucket_speed(results: dict) -> str:
-    exact = best_run(results, lambda c: (c["model"], c["head"], c["workload"], variant(c)) == ("demo", "fcn", "mixed", "fp32"))
+    exact = best_run(results, lambda c: (c["model"], c["head"], c["workload"], variant(c)) == ("demo", "fcn", "mixed", "fp32+cl"))
     bucketed = best_run(results, lambda c: c["workload"] == "mixed" and bool(c.get("buckets")))
     if not (exact and bucketed):
         return ""
-    return (f"Served on the `mixed` workload (demo-fcn, fp32, batchSize 4, {MIXED_USERS} users), buckets answered "
+    return (f"Served on the `mixed` workload (demo-fcn, fp32+cl, batchSize 4, {MIXED_USERS} users), buckets answered "
             f"{bucketed['rps']:.2f} req/s against {exact['rps']:.2f} with exact sizes "
             f"({bucketed['rps'] / exact['rps']:.2f}x), with {fmt(bucketed.get('images_per_batch'))} images per "
             f"batch against {fmt(exact.get('images_per_batch'))}. The buckets were {len(MIXED_BUCKETS.split(','))} "
@@ -154,14 +154,19 @@ def render(results: dict) -> str:
         "generator took (its CPU seconds over the run's seconds). Per-run Locust reports with plots went to "
         f"`{meta['results_dir']}/<run>/` (not committed; `docs/loadtest-example/` keeps one).",
         "- Models: `demo` is the shipped demo network (model_store/demo); `vgg16` has seeded random weights (speed "
-        "does not depend on the values). Precision `fp32` is exact; `bf16+cl` is bfloat16 autocast with "
-        "channels_last (opt-in per archive: `--precision bf16 --channels-last`). Workloads: "
+        "does not depend on the values). Precision `fp32` is exact; `fp32+cl` is fp32 with the trunk in "
+        "channels_last memory format (`--channels-last`; the same answers to 1e-6, the demo archives' shipped "
+        "setting); `bf16+cl` is bfloat16 autocast with channels_last (opt-in per archive: `--precision bf16 "
+        "--channels-last`). The demo archives feed each image as their defaults say (four scales and their "
+        "mirrors: eight views); vgg16 with random weights declares no working scale, so it runs each image once at "
+        "its own size. Workloads: "
         + "; ".join(f"`{name}`: {text}" for name, text in PROFILES.items()) + ".",
-        "- *bare img/s*: the handler's own forward pass (normalise, model, softmax) at the same precision on "
-        "pre-decoded images, no server, no decoding, back to back, on the same mix of images the run answered (per "
-        "request name), at the best batch size the server could form (same-size images only: `fixed` and `1080p` "
-        "up to batchSize, the others at 1). *served / bare* is the share of the run's time the bare model would "
-        "have needed for the answered images.",
+        "- *bare img/s*: the handler's own forward pass (normalise, model) with the served archive's own options "
+        "(precision, memory format, compilation, every view it feeds, same-size views in one pass) on pre-decoded "
+        "images, no server, no decoding, back to back, on the same mix of images the run answered (per request "
+        "name), at the best batch size the server could form (same-size images only: `fixed` and `1080p` up to "
+        "batchSize, the others at 1), measured just before the first served run it divides. *served / bare* is the "
+        "share of the run's time the bare model would have needed for the answered images.",
         "",
         "## Targets",
         "",

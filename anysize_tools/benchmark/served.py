@@ -33,17 +33,25 @@ class StockVGG(torchvision.models.VGG):
 '''
 
 
-def build_served_archive(config: Served, store: Path, scratch: Path) -> str:
+def archive_spec(config: Served, store: Path, scratch: Path) -> archive.ArchiveSpec:
+    """Our archive for a served configuration (the bare measurement builds its HandlerOptions the same way, so it
+    feeds the views the served archive feeds: the weights' serving defaults, e.g. the demo's scales and mirrors)."""
     source = weights_for(config.model, scratch)
-    serving = {"batch_size": config.batch, "max_batch_delay": config.delay, "min_workers": config.workers,
-               "max_workers": config.workers}
-    if config.handler == "stock":
-        return build_stock_archive(config, source, serving, store, scratch)
-    archive.build(archive.ArchiveSpec(
+    return archive.ArchiveSpec(
         arch=source["arch"], head=config.head, weights=source["weights"], name=config.name, export_path=store,
-        labels=source["labels"] or "", **serving, handler={
+        labels=source["labels"] or "", batch_size=config.batch, max_batch_delay=config.delay,
+        min_workers=config.workers, max_workers=config.workers, handler={
             "precision": config.precision, "warmup_sizes": WARMUP_SIZES.get(config.workload, ""),
-            "buckets": config.buckets, "channels_last": config.channels_last, "compile": config.compile}))
+            "buckets": config.buckets, "channels_last": config.channels_last, "compile": config.compile})
+
+
+def build_served_archive(config: Served, store: Path, scratch: Path) -> str:
+    if config.handler == "stock":
+        source = weights_for(config.model, scratch)
+        serving = {"batch_size": config.batch, "max_batch_delay": config.delay, "min_workers": config.workers,
+                   "max_workers": config.workers}
+        return build_stock_archive(config, source, serving, store, scratch)
+    archive.build(archive_spec(config, store, scratch))
     return config.name
 
 

@@ -112,11 +112,13 @@ def targets(results: dict) -> List[dict]:
                 ok = all(map(clean, runs))
                 rounds = f", median of {len(runs)} rounds" if len(runs) > 1 else ""
                 rows.append({"machine": kind, "target": f"{SHARE_RANGE[0]} <= served / bare <= {SHARE_RANGE[1]}, "
-                             f"{name}{rounds}", "measured": fmt(share, 2) + ("" if ok else ", failures"),
+                             f"{name}{rounds}", "name": name, "value": share,
+                             "measured": fmt(share, 2) + ("" if ok else ", failures"),
                              "met": None if share is None else SHARE_RANGE[0] <= share <= SHARE_RANGE[1] and ok})
         for row in like_with_like(results):
             rows.append({"machine": kind, "target": f"fp32 at 224x224: ours >= the stock handler, {row['name']} "
                          f"against {row['stock_name']}, medians of {len(row['rps'])} interleaved rounds",
+                         "name": row["name"], "value": row["ratio"],
                          "measured": f"{fmt(row['ratio'], 2)}x ({fmt(row['median'], 2)} vs "
                                      f"{fmt(row['stock_median'], 2)} req/s)",
                          "met": None if row["ratio"] is None else row["ratio"] >= 1.0})
@@ -124,6 +126,7 @@ def targets(results: dict) -> List[dict]:
             ratio = best_224["rps"] / stock["rps"]
             needed = 25 if gpu else 2
             rows.append({"machine": kind, "target": f">= {needed}x the stock handler at 224x224 (best of each)",
+                         "name": best_224["name"], "value": ratio,
                          "measured": f"{ratio:.2f}x ({best_224['name']} {best_224['rps']:.1f} vs {stock['name']} "
                                      f"{stock['rps']:.1f} req/s)", "met": ratio >= needed})
         if gpu and best_224:
@@ -141,3 +144,12 @@ def targets(results: dict) -> List[dict]:
                              "measured": f"{best_1080['rps']:.0f} req/s ({best_1080['name']})",
                              "met": best_1080["rps"] >= 170})
     return rows
+
+
+def summary(results: dict) -> dict:
+    """What the benchmark derives from its raw runs, stored beside them in results.json so readings can quote it:
+    each served run's served / bare share, the like-with-like comparison and the targets. `make docs-check`
+    recomputes it from the runs."""
+    return {"served_over_bare": {run["name"]: bare_share(results, run) for run in results["served"]},
+            "like_with_like": [{k: v for k, v in row.items() if k != "config"} for row in like_with_like(results)],
+            "targets": targets(results)}

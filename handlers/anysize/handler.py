@@ -18,6 +18,7 @@ from typing import Any, List, Union
 import torch
 
 from .classifier import ImageClassifier
+from .cpu_memory import keep_freed_buffers
 from .handler_config import HandlerOptions
 from .request_errors import RequestError, empty_body, not_an_image
 from .request_options import RequestOptions, parse_options
@@ -44,6 +45,8 @@ class SizeAgnosticVGGHandler:
         device = self.choose_device(properties.get("gpu_id"))
         if device.type == "cpu":
             torch.set_num_threads(cpu_threads(options.cpu_threads, int(model_config.get("maxWorkers", 1))))
+            if options.keep_cpu_buffers:
+                keep_freed_buffers()
         started = time.perf_counter()
         state_dict = read_state_dict(os.path.join(model_dir, options.weights_file))
         model = load_model(options.arch, options.head, state_dict)

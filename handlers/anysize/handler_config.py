@@ -29,6 +29,7 @@ class HandlerOptions:
     precision: str = "fp32"
     channels_last: bool = False
     cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0: the usable cores divided by maxWorkers
+    keep_cpu_buffers: bool = True  # on CPU, glibc keeps freed forward-pass buffers for the next pass (cpu_memory)
     warmup_sizes: str = "224x224"  # WIDTHxHEIGHT,...: forward passes at worker start (batch 1 and batchSize)
     compile: bool = False  # torch.compile the model (compiled_model.py); off: eager
     compile_max_sizes: int = 4  # image sizes that get a compiled graph; others run eagerly

@@ -1,0 +1,45 @@
+"""glibc's allocator settings for a CPU worker: keep the forward pass's freed buffers for the next pass.
+
+oneDNN allocates fresh buffers on every CPU forward pass (reordered weights, scratch space, activations), many of
+them megabytes large. glibc serves a request above its mmap threshold with a fresh mmap and unmaps it on free, so
+the next pass page-faults the same amount in again, each page zeroed by the kernel. Its threshold starts at 128 KB
+and only rises when the process happens to free a large mmapped block, so the cost depends on what the process did
+before: the TorchServe worker loads its weights straight into the model (nothing large is freed) and stays at the
+low threshold. docs/design-figures.json (part `malloc`) measures both settings alternately in one process: tens of
+thousands of page faults per VGG16 pass and a slower pass at glibc's initial settings, almost none with these. The
+values are the largest glibc's own dynamic rule would reach (a 32 MB threshold, trimming at twice
+that), so a worker keeps at most 64 MB of freed memory at the top of its heap; larger blocks still come and go
+through mmap.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+logger = logging.getLogger(__name__)
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc's malloc.h)
+MMAP_THRESHOLD = 32 * 2**20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit systems
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # what glibc sets when it raises the threshold itself
+GLIBC_DEFAULTS = (128 * 1024, 128 * 1024)  # glibc's initial mmap and trim thresholds
+
+
+def set_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set glibc's mmap and trim thresholds; False where the C library is not glibc (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+
+
+def keep_freed_buffers() -> bool:
+    """The worker's setting (HandlerOptions.keep_cpu_buffers): freed forward-pass buffers up to 32 MB stay."""
+    done = set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD)
+    if not done:
+        logger.info("not glibc: the allocator's thresholds are left as they are")
+    return done
