@@ -15,6 +15,7 @@ from typing import List
 from .paths import DOCS
 
 PAGE = DOCS / "capacity-plan.md"
+LOCUST_FIT_REQUESTS = 500  # the longest run must have this many requests to fit Locust's per-request cost
 
 
 def replicas(rate: float, per_replica: float, plan: dict) -> int:
@@ -28,16 +29,18 @@ def replicas(rate: float, per_replica: float, plan: dict) -> int:
 def measured_rates(benchmarks: dict) -> dict:
     """The rates of this machine's benchmark the plan uses: the best clean run of ours at 224x224 per precision
     family, and Locust's CPU seconds per request over every run."""
-    from .benchmark.targets import best_run
+    from .benchmark.targets import by_configuration, median_rps
 
     def best(precision):
-        return best_run(benchmarks, lambda c: c["handler"] == "ours" and c["model"] == "vgg16"
-                        and c["workload"] == "fixed" and c["users"] > 1 and c.get("precision", "fp32") == precision)
+        """The fastest configuration of ours at 224x224 in this precision, by its median over rounds."""
+        groups = by_configuration(benchmarks, lambda c: c["handler"] == "ours" and c["model"] == "vgg16"
+                                  and c["workload"] == "fixed" and c["users"] > 1
+                                  and c.get("precision", "fp32") == precision)
+        rates = {name: median_rps(runs) for name, runs in groups.items() if median_rps(runs)}
+        name = max(rates, key=rates.get, default=None)
+        return {"name": name, "rps": rates[name]} if name else None
 
-    fp32, bf16 = best("fp32"), best("bf16")
-    return {"cpu_fp32": {"name": fp32["name"], "rps": fp32["rps"]} if fp32 else None,
-            "cpu_bf16": {"name": bf16["name"], "rps": bf16["rps"]} if bf16 else None,
-            "locust": locust_cost(benchmarks)}
+    return {"cpu_fp32": best("fp32"), "cpu_bf16": best("bf16"), "locust": locust_cost(benchmarks)}
 
 
 def locust_cost(benchmarks: dict) -> dict | None:
@@ -45,11 +48,13 @@ def locust_cost(benchmarks: dict) -> dict | None:
     benchmark's served runs (a short run's CPU is mostly start-up, so a plain ratio would overstate the cost)."""
     points = [(r["requests"], r["locust_cpu_s"]) for r in benchmarks["served"]
               if r.get("requests") and r.get("locust_cpu_s") is not None]
-    if len(points) < 3 or len({n for n, _ in points}) < 2:
-        return None
+    if len(points) < 3 or max(n for n, _ in points) < LOCUST_FIT_REQUESTS:
+        return None  # short runs only: start-up and per-request cost cannot be told apart
     mean_n = sum(n for n, _ in points) / len(points)
     mean_cpu = sum(c for _, c in points) / len(points)
     slope = (sum((n - mean_n) * (c - mean_cpu) for n, c in points) / sum((n - mean_n) ** 2 for n, _ in points))
+    if slope <= 0:
+        return None
     return {"per_request_s": slope, "start_s": mean_cpu - slope * mean_n, "runs": len(points),
             "requests": [min(n for n, _ in points), max(n for n, _ in points)]}
 
@@ -60,7 +65,8 @@ def page(plan: dict, benchmarks: dict) -> str:
     for column in columns:
         if column.get("measured"):  # a rate of this machine's benchmark
             run = rates[column["measured"]]
-            column["per_replica"], column["source"] = run["rps"], f"measured here: `{run['name']}` (docs/benchmarks.md)"
+            column["per_replica"] = run["rps"]
+            column["source"] = f"measured here: `{run['name']}` (docs/benchmarks.md; the median of its rounds where it ran in several)"
     header = "| images per second | " + " | ".join(c["name"] for c in columns) + " |"
     lines: List[str] = [
         "# Capacity plan (on paper)",
@@ -84,7 +90,15 @@ def page(plan: dict, benchmarks: dict) -> str:
         "",
     ]
     locust = rates["locust"]
-    if locust:
+    if not locust:
+        lines += [
+            "**The load generator.** This sitting's benchmark runs were too short (fewer than "
+            f"{LOCUST_FIT_REQUESTS} requests in the longest) to tell Locust's start-up from its cost per request, so "
+            "no load-generator sizing is derived from them; `make loadtest` with a long `DURATION` on a fast model "
+            "measures it.",
+            "",
+        ]
+    else:
         per_request, free = locust["per_request_s"], plan["locust_core_share"]
         lines += [
             "**The load generator.** Locust's CPU in this machine's benchmark runs, as a straight line through its "

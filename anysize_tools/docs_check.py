@@ -123,6 +123,11 @@ DERIVED = (
 # Hand-written text where every figure must be a reference: (page, heading of the section, or None: the whole page)
 STRICT = (
     ("docs/resolution-study.md", "## Reading"),
+    ("docs/benchmarks.md", "## Reading"),
+    ("docs/design.md", "## The fast path (issue 7)"),
+    ("docs/design.md", "## The forward pass per image size"),
+    ("docs/reliability.md", "## A worker killed under load"),
+    ("docs/deploy.md", "## Capacity plan (on paper)"),
 )
 CHECKED_TEXT = ("README.md", "docs", "loadtests/README.md", "model_store/demo/MODEL_CARD.md", "deploy")
 

@@ -6,7 +6,7 @@ with the machine, versions and date), which the page quotes.
     .venv/bin/python scripts/research/design_figures.py --parts fuzz    # one part; the others are kept
 
 Parts:
-- fuzz: 3,000 damaged JPEGs, PNGs and WebPs each (bytes overwritten or the file truncated, seeded): whether
+- fuzz: 3,000 damaged JPEGs, PNGs and WebPs each (truncated, bytes overwritten or bytes inserted; seeded): whether
   torchvision.io's decoder and the handler's Pillow path accept each, and whether their pixels agree. torchvision's
   decode_png runs in a child process, restarted after each crash, since a crash there kills the process.
 - im2col: the fcn head's fc6 and fc7 as PyTorch's convolution against the matrix product over unfolded windows
@@ -65,13 +65,18 @@ def seconds(function: Callable[[], object], calls: int = 5) -> float:
 
 # ------------------------------------------------------------------------------------------------------ fuzz
 def damaged(body: bytes, rng: np.random.Generator) -> bytes:
-    """The test suite's damage: every other case truncated at a random point, the rest with 1-11 bytes overwritten."""
+    """One of three kinds of damage, drawn evenly: truncated at a random point, 1-11 bytes overwritten, or 1-64
+    random bytes inserted at a random point."""
     out = bytearray(body)
-    if rng.integers(0, 2):
+    kind = int(rng.integers(0, 3))
+    if kind == 0:
         return bytes(out[: int(rng.integers(100, len(out)))])
-    for _ in range(int(rng.integers(1, 12))):
-        out[int(rng.integers(0, len(out)))] = int(rng.integers(0, 256))
-    return bytes(out)
+    if kind == 1:
+        for _ in range(int(rng.integers(1, 12))):
+            out[int(rng.integers(0, len(out)))] = int(rng.integers(0, 256))
+        return bytes(out)
+    at = int(rng.integers(0, len(out)))
+    return bytes(out[:at]) + rng.integers(0, 256, int(rng.integers(1, 65)), dtype=np.uint8).tobytes() + bytes(out[at:])
 
 
 def pillow_pixels(body: bytes):
@@ -104,7 +109,8 @@ def torchvision_verdicts(fmt: str, bodies: List[bytes]):
     with multiprocessing.Manager() as manager:
         while len(verdicts) < len(bodies):
             results = manager.list()
-            child = multiprocessing.get_context("spawn").Process(
+            # fork: a restart after a crash costs milliseconds (spawn would import torch again each time)
+            child = multiprocessing.get_context("fork").Process(
                 target=_torchvision_worker, args=(fmt, bodies, len(verdicts), results))
             child.start()
             child.join()
@@ -157,9 +163,9 @@ def im2col() -> dict:
             x = torch.randn(shape)
             assert torch.allclose(conv(x), product(x), atol=1e-3, rtol=1e-3)
             figures[name] = {"conv_ms": 1000 * seconds(lambda: conv(x)), "product_ms": 1000 * seconds(lambda: product(x))}
-        # fc6 at 256x192 (a 8x6 map: 2x1 windows), batch 4, bf16: the product from a strided 3-D view, and 2-D.
+        # fc6 at 256x192 (an 8x6 map, pooled up to 8x7: 2x1 windows), batch 4, bf16: the product from a strided 3-D view, and 2-D.
         weight = torch.randn(4096, 512 * 49)
-        windows = F.unfold(torch.randn(4, 512, 8, 6), 7).transpose(1, 2)  # (4, 2, 25088), strided
+        windows = F.unfold(torch.randn(4, 512, 8, 7), 7).transpose(1, 2)  # (4, 2, 25088), strided
         with torch.autocast("cpu", dtype=torch.bfloat16):
             figures["fc6_bf16_256x192_batch4"] = {
                 "strided_3d_ms": 1000 * seconds(lambda: F.linear(windows, weight), 3),
@@ -236,9 +242,13 @@ def sizes(scratch: Path) -> dict:
 
 
 def malloc(scratch: Path) -> dict:
+    import ctypes
+    import ctypes.util
     import resource
 
     from anysize.cpu_memory import GLIBC_DEFAULTS, MMAP_THRESHOLD, TRIM_THRESHOLD, set_thresholds
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
     settings = {"glibc_initial": GLIBC_DEFAULTS, "worker": (MMAP_THRESHOLD, TRIM_THRESHOLD)}
     figures = {"settings": {name: {"mmap_threshold": m, "trim_threshold": t} for name, (m, t) in settings.items()},
@@ -250,6 +260,9 @@ def malloc(scratch: Path) -> dict:
         for _ in range(figures["rounds"]):
             for name, (mmap_threshold, trim_threshold) in settings.items():
                 assert set_thresholds(mmap_threshold, trim_threshold), "needs glibc"
+                # Hand every free block back first: otherwise the blocks the other setting left in the heap serve
+                # this one's requests, whatever its thresholds say.
+                libc.malloc_trim(0)
                 classifier.forward(pixels)  # the first pass under the new setting
                 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 calls = 3 if side < 400 else 1
