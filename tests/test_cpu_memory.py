@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
 import anysize.handler
 from anysize import cpu_memory
 
@@ -60,3 +62,30 @@ def test_the_handler_applies_the_setting_on_a_cpu_only_when_the_archive_asks(dem
     monkeypatch.setattr(anysize.handler, "keep_freed_buffers", lambda: calls.append(True) or True)
     demo_handler(keep_cpu_buffers=keep)
     assert calls == ([True] if keep else [])
+
+
+@pytest.mark.parametrize("precision, keep, capped", [("fp32", True, True), ("bf16", True, False),
+                                                     ("fp32", False, False)])
+def test_fp32_passes_on_a_cpu_stack_only_as_many_images_as_keep_their_buffers_reusable(
+        demo_handler, precision, keep, capped):
+    handler = demo_handler(precision=precision, keep_cpu_buffers=keep)
+    classifier = handler.classifier
+    views = [torch.zeros(448, 448, 3, dtype=torch.uint8)] * 8 + [torch.zeros(112, 112, 3, dtype=torch.uint8)] * 8
+    chunks = classifier.group(views)
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(16))  # every view in exactly one pass
+    largest_448 = max(len(chunk) for chunk in chunks if chunk[0] < 8)
+    if not capped:  # only max_pixels (4 MP) limits a pass: all eight 448x448 views (1.6 MP) share one
+        assert classifier.pass_pixels == classifier.options.max_pixels and largest_448 == 8
+        return
+    # The largest buffer of a pass, the first layer's output, stays within the threshold glibc keeps.
+    outputs = []
+    hook = classifier.model.features[0].register_forward_hook(
+        lambda module, args, out: outputs.append(out.numel() * out.element_size()))
+    try:
+        for chunk in chunks:
+            classifier.forward(torch.stack([views[i] for i in chunk]))
+    finally:
+        hook.remove()
+    assert max(outputs) <= cpu_memory.MMAP_THRESHOLD, outputs
+    # 448x448 views in the demo's first layer: 16 channels x 4 bytes x 448 x 448 = 12.8 MB each, two per pass.
+    assert largest_448 == 2 and min(len(c) for c in chunks if c[0] >= 8) == 8  # small views still stack

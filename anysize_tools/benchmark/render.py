@@ -107,11 +107,25 @@ def decode_rows(results: dict) -> List[str]:
             for row in results.get("decode", [])]
 
 
+def answers_device(results: dict) -> str:
+    """Where the answer tables were measured; sittings before the device was recorded ran them on the CPU."""
+    rows = results.get("answers", {}).get("precision", [])
+    return "GPU" if rows and rows[0].get("device") == "cuda" else "CPU"
+
+
 def precision_rows(results: dict) -> List[str]:
     return [f"| demo-{row['head']} | {row['precision']}{' + channels_last' if row['channels_last'] else ''} | "
             f"{row['images']} | {100 * row['top1_agreement']:.2f} % | {row['max_probability_difference']:.1e} | "
             f"{100 * row['accuracy']:.1f} % (fp32 {100 * row['fp32_accuracy']:.1f} %) |"
             for row in results.get("answers", {}).get("precision", [])]
+
+
+def decoder_rows(results: dict) -> List[str]:
+    return [f"| demo-{row['head']} | {row['device']} | {row['decoder']} | {row['images']} | "
+            f"{row['images_with_other_pixels']} (at most {row['max_pixel_difference']} levels) | "
+            f"{100 * row['top1_agreement']:.2f} % | {row['max_probability_difference']:.1e} | "
+            f"{100 * row['accuracy']:.1f} % (Pillow {100 * row['pillow_accuracy']:.1f} %) |"
+            for row in results.get("answers", {}).get("decoder", [])]
 
 
 def bucket_rows(results: dict) -> List[str]:
@@ -216,11 +230,20 @@ def render(results: dict) -> str:
         "",
         "Reduced precision against fp32 on the same held-out test scenes of the demo model (one in seven at its "
         "training size 112x112, the rest at long side 160 in six aspect ratios), through the handler's own forward "
-        "pass (`anysize_tools/answer_effects.py`). tf32 changes nothing on a CPU (it is a GPU mode for convolutions and matmuls; fp32 turns it off).",
+        f"pass (`anysize_tools/answer_effects.py`), on the {answers_device(results)}. tf32 changes nothing on a CPU (it is a GPU mode for convolutions and matmuls; fp32 turns it off); on an NVIDIA GPU it does.",
         "",
         "| model | option | images | top-1 agreement with fp32 | largest probability difference | top-1 accuracy |",
         "|---|---|---:|---:|---:|---|",
         *precision_rows(results),
+        "",
+        "The JPEG decoder the handler uses for plain JPEGs on the benchmark's device against Pillow's pixels, the "
+        "same held-out scenes saved as JPEG (quality 90) and fed at their own size, classified by the fp32 model on "
+        "that device (`answer_effects.py --parts decoder`). On a CPU it is libjpeg-turbo through torchvision, "
+        "expected identical; on a GPU nvJPEG, which is not bit-identical to Pillow.",
+        "",
+        "| model | device | decoder | images | images with other pixels | top-1 agreement with Pillow | largest probability difference | top-1 accuracy |",
+        "|---|---|---|---:|---|---:|---:|---|",
+        *(decoder_rows(results) or ["| – | – | not measured in this sitting | – | – | – | – | – |"]),
         "",
         "Size buckets against exact sizes on held-out scenes at long sides 84-168 px in seven aspect ratios (around "
         "the training size, where the demo model is accurate, so a cost can show), buckets a square, a 3:2 and a "

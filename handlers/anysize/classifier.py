@@ -22,6 +22,7 @@ import torch
 
 from . import request_errors as errors
 from .compiled_model import SizeBoundedCompile
+from .cpu_memory import kept_pass_pixels
 from .handler_config import HandlerOptions
 from .image_decoding import decode_jpeg_batch, decode_views, is_plain_jpeg, normalize, open_image
 from .precision import PRECISION_TABLE
@@ -30,7 +31,7 @@ from .request_options import RequestOptions, bad_option
 from .scale_policy import combine_views, parse_scales, view_sizes
 from .size_buckets import parse_sizes, resize_to_bucket
 from .stage_metrics import StageClock
-from .vgg_models import aggregate
+from .vgg_models import aggregate, first_layer_channels
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,10 @@ class ImageClassifier:
         self.clock = StageClock()  # the batch in progress's stage times (returned by classify)
         self.precision = PRECISION_TABLE[options.precision]
         self.precision.apply()  # fp32 turns TF32 off: PyTorch's default leaves cuDNN convolutions in TF32
+        self.pass_pixels = options.max_pixels
+        if device.type == "cpu" and options.keep_cpu_buffers and self.precision.autocast is None:
+            # fp32 on a CPU: stack images only while the pass's buffers stay reusable (cpu_memory).
+            self.pass_pixels = min(self.pass_pixels, kept_pass_pixels(first_layer_channels(self.model)))
 
     def warm_up(self, batch_size: int) -> None:
         """Forward passes at the configured sizes, at batch 1 and batchSize, before the first request: kernel
@@ -230,10 +235,11 @@ class ImageClassifier:
         return views
 
     def images_per_pass(self, height: int, width: int) -> int:
-        return images_per_pass(self.options.max_pixels, height, width)
+        return images_per_pass(self.pass_pixels, height, width)
 
     def group(self, images: Sequence[Union[torch.Tensor, RequestError]]) -> List[List[int]]:
-        """Indices of same-sized images, split so no forward pass holds more than max_pixels input pixels."""
+        """Indices of same-sized images, split so no forward pass holds more than ``pass_pixels`` input pixels
+        (max_pixels; on a CPU in fp32, what keeps the pass's buffers reusable)."""
         by_size: Dict[Tuple[int, int], List[int]] = defaultdict(list)
         for index, item in enumerate(images):
             if isinstance(item, torch.Tensor):

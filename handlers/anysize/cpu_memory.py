@@ -37,6 +37,14 @@ def set_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
+def kept_pass_pixels(first_layer_channels: int, bytes_per_value: int = 4) -> int:
+    """Input pixels of the largest pass whose first activation (the largest buffer of a VGG pass: full resolution,
+    first layer's channels) stays below the threshold, so glibc keeps its buffers between passes. A larger pass
+    maps its big buffers afresh on every pass and page-faults them in again: stacking more images into it then
+    costs more per image than it saves (docs/design.md, "The CPU allocator")."""
+    return max(1, MMAP_THRESHOLD // (first_layer_channels * bytes_per_value))
+
+
 def keep_freed_buffers() -> bool:
     """The worker's setting (HandlerOptions.keep_cpu_buffers): freed forward-pass buffers up to 32 MB stay."""
     done = set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD)

@@ -70,6 +70,12 @@ ARCHS: Dict[str, VGGSpec] = {
 TORCHVISION_ARCHS = [name for name in ARCHS if name.startswith("vgg")]
 
 
+def first_layer_channels(model: torch.nn.Module) -> int:
+    """Output channels of the model's first convolution: with the input's pixels, the size of a VGG pass's
+    largest activation."""
+    return next(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
 def training_size(spec: VGGSpec) -> int:
     """The input side at which the feature map is exactly pool_size: 2 ** (number of pools) * pool_size."""
     return 2 ** CONV_LAYOUTS[spec.layout].count("M") * spec.pool_size
