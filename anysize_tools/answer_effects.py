@@ -114,7 +114,9 @@ def precision_effects(count: int = 1000, device: torch.device | None = None) -> 
 def decoder_effects(count: int = 500, device: torch.device | None = None, quality: int = 90) -> List[dict]:
     """Plain JPEGs decoded as the handler decodes them on ``device`` against Pillow's pixels, classified by the
     same fp32 model on that device: how far the pixels and the answers move."""
-    from anysize.image_decoding import decode_image, decode_jpeg_batch
+    from PIL import Image
+
+    from anysize.image_decoding import decode_jpeg_batch
 
     device = device or torch.device("cpu")
     decoder = "nvJPEG (torchvision.io.decode_jpeg on cuda)" if device.type == "cuda" else \
@@ -127,8 +129,9 @@ def decoder_effects(count: int = 500, device: torch.device | None = None, qualit
         image.convert("RGB").save(buffer, "JPEG", quality=quality)
         bodies.append(buffer.getvalue())
         labels.append(label)
-    # The Pillow path of the handler at the images' own size (no resize: the contract keeps them).
-    pillow = [decode_image(body, max_pixels=1 << 24, min_side=1, bomb_factor=1) for body in bodies]
+    # Pillow itself (the handler's decode_views hands plain JPEGs to torchvision, so it is no reference here).
+    pillow = [torch.from_numpy(np.array(Image.open(io.BytesIO(body)).convert("RGB"), dtype=np.uint8))
+              for body in bodies]
     on_device = [pixels.cpu() for pixels in decode_jpeg_batch(bodies, device)]
     pixel_difference = max(int((a.int() - b.int()).abs().max()) for a, b in zip(pillow, on_device))
     differing = sum(not torch.equal(a, b) for a, b in zip(pillow, on_device))
@@ -185,6 +188,8 @@ def main(argv: List[str] | None = None) -> None:
                         help="where the model runs and plain JPEGs are decoded (default: cuda when there is one)")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available to this process")
     print(json.dumps(effects(torch.device(args.device), args.parts), indent=1))
 
 

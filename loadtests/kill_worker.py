@@ -75,7 +75,9 @@ def main() -> int:
               "totals": {"runs": len(runs), "failed": sum(r["failed"] for r in runs),
                          "requests_after_kill": sum(r["requests_after_kill"] for r in runs),
                          "most_failed_in_a_run": max((r["failed"] for r in runs), default=0),
-                         "slowest_recovery_s": max((r["answering_again_after_s"] or 0 for r in runs), default=0)}}
+                         # None when any run never answered again: a missing recovery is no fast one
+                         "slowest_recovery_s": None if any(r["answering_again_after_s"] is None for r in runs)
+                         else max((r["answering_again_after_s"] for r in runs), default=None)}}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"[kill-worker] wrote {args.out}", flush=True)
     return 0 if all(r["answering_again_after_s"] is not None for r in runs) else 1

@@ -86,6 +86,8 @@ def test_fp32_passes_on_a_cpu_stack_only_as_many_images_as_keep_their_buffers_re
             classifier.forward(torch.stack([views[i] for i in chunk]))
     finally:
         hook.remove()
-    assert max(outputs) <= cpu_memory.MMAP_THRESHOLD, outputs
+    assert max(outputs) + cpu_memory.ALLOCATION_SLACK <= cpu_memory.MMAP_THRESHOLD, outputs
+    # Exactly at the threshold glibc maps it already: two 512x512 views (16 x 4 x 512 x 512 = 32 MiB) go one by one.
+    assert classifier.images_per_pass(512, 512) == 1
     # 448x448 views in the demo's first layer: 16 channels x 4 bytes x 448 x 448 = 12.8 MB each, two per pass.
     assert largest_448 == 2 and min(len(c) for c in chunks if c[0] >= 8) == 8  # small views still stack

@@ -29,6 +29,7 @@ at 224x224 and on mixed sizes, plus what the fast-path options do to answers; it
     make bench                              # the suite for this machine (CPU: about 25 minutes on 2 cores)
     python loadtests/benchmark.py --parts served --match vgg16 --duration 30     # a part, without touching docs
     python loadtests/benchmark.py --parts sweep --doc                            # the batching sweep (40 minutes)
+    python loadtests/benchmark.py --parts answers --merge docs/benchmarks.json   # re-measure a no-server part
     python loadtests/benchmark.py --render docs/benchmarks.json                  # re-render docs/benchmarks.md
     python loadtests/benchmark.py --render docs/batching-sweep.json              # ... docs/batching-sweep.md
 
@@ -54,6 +55,33 @@ def bare_matches(bare, match: str) -> bool:
     return match in key or match.startswith(key)
 
 
+MERGEABLE = ("decode", "answers")  # measured without a server: re-measuring them leaves the served runs' meaning
+
+
+def no_server_parts(parts) -> dict:
+    results = {}
+    if "decode" in parts:
+        results["decode"] = decode_comparison()
+    if "answers" in parts:
+        # On a GPU: TF32 and half precision on its kernels, nvJPEG against Pillow (issue 15).
+        results["answers"] = answer_effects.effects(answer_effects.default_device())
+    return results
+
+
+def merge_parts(published: Path, parts) -> int:
+    """Re-measure no-server parts into a published results.json; its meta lists each re-measurement."""
+    if not set(parts) <= set(MERGEABLE):
+        raise SystemExit(f"--merge takes only --parts among {MERGEABLE}: served and bare runs are measured together")
+    results = json.loads(published.read_text())
+    results.update(no_server_parts(parts))
+    results["meta"].setdefault("remeasured", []).append(
+        {"parts": list(parts), "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
+         "command": " ".join(["python loadtests/benchmark.py", *sys.argv[1:]])})
+    published.write_text(json.dumps(results, indent=1))
+    write_doc(results)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=list(DEFAULT_PARTS), choices=PARTS)
@@ -62,6 +90,9 @@ def main() -> int:
                         help="seconds of load per run of the mixed workload (a 2048 px image takes about 1 s)")
     parser.add_argument("--match", default="", help="only runs whose name contains this, e.g. demo-fcn-mixed")
     parser.add_argument("--render", type=Path, help="only render docs/benchmarks.md from this results.json")
+    parser.add_argument("--merge", type=Path,
+                        help="measure only --parts among decode/answers (no server) and replace them in this "
+                             "published results.json, noting the re-measurement in its meta; then render the page")
     parser.add_argument("--doc", action="store_true",
                         help="write docs/benchmarks.{md,json} even from a partial run (the default parts always do)")
     args = parser.parse_args()
@@ -77,6 +108,8 @@ def main() -> int:
     import torch
 
     started = time.time()
+    if args.merge:
+        return merge_parts(args.merge, args.parts)
     out_dir = RESULTS / time.strftime("benchmark-%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True)
     gpu = torch.cuda.is_available()
@@ -93,11 +126,7 @@ def main() -> int:
     def save():
         (out_dir / "results.json").write_text(json.dumps(results, indent=1))
 
-    if "decode" in args.parts:
-        results["decode"] = decode_comparison()
-    if "answers" in args.parts:
-        # On a GPU: TF32 and half precision on its kernels, nvJPEG against Pillow (issue 15).
-        results["answers"] = answer_effects.effects(answer_effects.default_device())
+    results.update(no_server_parts(args.parts))
     save()
     with tempfile.TemporaryDirectory(prefix="benchmark-") as scratch_name:
         scratch = Path(scratch_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import statistics
 from typing import List
 
 from anysize.stage_metrics import STAGES
@@ -86,7 +87,7 @@ def like_rows(results: dict) -> List[str]:
 
     def median(values):
         values = [v for v in values if v is not None]
-        return sorted(values)[len(values) // 2] if len(values) % 2 else None
+        return statistics.median(values) if values else None
 
     return [f"| ours ({row['config']['head']}) {variant(row['config'])} | {figures(row['rps'], 2)} | "
             f"{fmt(row['median'], 2)} | {figures(row['stock_rps'], 2)} | {fmt(row['stock_median'], 2)} | "
@@ -162,6 +163,8 @@ def render(results: dict) -> str:
         f"{meta['threads']} threads; TorchServe {meta['torchserve']}; Locust {meta['locust']}.",
         f"- Command: `{meta['command']}` ({fmt(meta.get('minutes'), 0)} minutes, {meta['date']}); numbers in "
         "`docs/benchmarks.json`.",
+        *(f"- Re-measured since: {', '.join(again['parts'])} by `{again['command']}` ({again['date']}, "
+          f"{again['machine']})." for again in meta.get("remeasured", [])),
         f"- Each served run: its own TorchServe, warm-up, then {meta['duration']} s ({meta['mixed_duration']} s for "
         "the `mixed` workload, whose large images take seconds each on a CPU) of closed-loop Locust users (no "
         "think time) on the same machine; the *Locust cores* column in the breakdown says how much CPU the load "

@@ -37,17 +37,30 @@ def set_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
+# glibc maps a chunk at or above the threshold; the chunk is the request plus its header and PyTorch's 64-byte
+# alignment, so a buffer must stay this far below the threshold to come from the heap.
+ALLOCATION_SLACK = 64 * 1024
+_kept = False  # whether keep_freed_buffers took effect in this process
+
+
 def kept_pass_pixels(first_layer_channels: int, bytes_per_value: int = 4) -> int:
     """Input pixels of the largest pass whose first activation (the largest buffer of a VGG pass: full resolution,
     first layer's channels) stays below the threshold, so glibc keeps its buffers between passes. A larger pass
     maps its big buffers afresh on every pass and page-faults them in again: stacking more images into it then
     costs more per image than it saves (docs/design.md, "The CPU allocator")."""
-    return max(1, MMAP_THRESHOLD // (first_layer_channels * bytes_per_value))
+    return max(1, (MMAP_THRESHOLD - ALLOCATION_SLACK) // (first_layer_channels * bytes_per_value))
+
+
+def buffers_kept() -> bool:
+    """True once keep_freed_buffers has set glibc's thresholds in this process (not on musl or macOS)."""
+    return _kept
 
 
 def keep_freed_buffers() -> bool:
     """The worker's setting (HandlerOptions.keep_cpu_buffers): freed forward-pass buffers up to 32 MB stay."""
+    global _kept
     done = set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD)
+    _kept = _kept or done
     if not done:
         logger.info("not glibc: the allocator's thresholds are left as they are")
     return done

@@ -17,7 +17,9 @@ Parts:
 - sizes: the served fp32 forward pass (ImageClassifier.forward) of vgg16 with both heads at 224x224 to 2048x1536.
 - malloc: vgg16-fcn's fp32 forward pass at 224x224 (NCHW and channels_last) and 640x640 under glibc's initial
   allocator thresholds and under the worker's (`cpu_memory.py`), alternating in one process, with the page faults
-  per pass.
+  per pass; and each pass from the first in a fresh process that never set a threshold (glibc's own rule).
+- stacking: the demo model's fp32 views in the passes the handler forms on a CPU (kept_pass_pixels) against passes
+  limited by max_pixels only.
 """
 
 from __future__ import annotations
@@ -176,11 +178,13 @@ def im2col() -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- compile
-def vgg16(head: str, scratch: Path, **options) -> ImageClassifier:
-    """Seeded random vgg16 weights (speed does not depend on them), with a served worker's allocator settings."""
+def vgg16(head: str, scratch: Path, keep_buffers: bool = True, **options) -> ImageClassifier:
+    """Seeded random vgg16 weights (speed does not depend on them), with a served worker's allocator settings
+    (``keep_buffers``; False: the process's allocator as it is)."""
     from anysize.cpu_memory import keep_freed_buffers
 
-    keep_freed_buffers()
+    if keep_buffers:
+        keep_freed_buffers()
     path = scratch / "vgg16-random-seed0.pth"
     if not path.is_file():
         random_weights("vgg16", 0, scratch)
@@ -274,13 +278,63 @@ def malloc(scratch: Path) -> dict:
                                "page_faults": statistics.median(r["page_faults"] for r in rows), "rounds": rows}
                         for name, rows in runs.items()}
         figures[key]["speedup"] = figures[key]["glibc_initial"]["ms"] / figures[key]["worker"]["ms"]
+        # Setting a threshold turns glibc's own rule off, so "glibc_initial" is not what an untouched process does:
+        # measure that in a fresh process that never calls mallopt, its passes one after another from the first.
+        with multiprocessing.Manager() as manager:
+            passes = manager.list()
+            child = multiprocessing.get_context("spawn").Process(
+                target=_untouched_passes, args=(memory_format, side, str(scratch), 6 if side < 400 else 3, passes))
+            child.start()
+            child.join()
+            figures[key]["untouched_process"] = {"passes": list(passes)}
         print(f"[malloc] {key}: " + ", ".join(f"{n} {v['ms']:.1f} ms, {v['page_faults']:.0f} faults"
                                              for n, v in figures[key].items() if isinstance(v, dict)), flush=True)
     return figures
 
 
+def _untouched_passes(memory_format: str, side: int, scratch: str, count: int, passes) -> None:
+    """In a fresh process whose allocator nobody configured: ms and page faults of each pass, the first included."""
+    import resource
+
+    classifier = vgg16("fcn", Path(scratch), keep_buffers=False, channels_last=memory_format == "channels_last")
+    pixels = torch.zeros(1, side, side, 3, dtype=torch.uint8)
+    for _ in range(count):
+        faults, started = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        classifier.forward(pixels)
+        passes.append({"ms": 1000 * (time.perf_counter() - started),
+                       "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults})
+
+
+def stacking(scratch: Path) -> dict:
+    """The demo model in fp32 (channels-last, as shipped) on a CPU with the worker's allocator settings: four images'
+    views and their mirrors at one size, in the passes the handler forms (kept_pass_pixels) against passes limited
+    by max_pixels only; milliseconds per image."""
+    from anysize.cpu_memory import keep_freed_buffers
+    from anysize_tools.paths import DEMO
+
+    assert keep_freed_buffers(), "needs glibc"
+    model = load_model("demo", "fcn", read_state_dict(DEMO / "demo-vgg.pth"))
+    classifier = ImageClassifier(model, HandlerOptions(arch="demo", head="fcn", channels_last=True),
+                                 [str(i) for i in range(10)], "figures", torch.device("cpu"))
+    capped = classifier.pass_pixels
+    figures = {"kept_pass_pixels": capped, "max_pixels": classifier.options.max_pixels, "views": 8}
+    for height, width in ((224, 299), (448, 597), (672, 896)):
+        views = [torch.zeros(height, width, 3, dtype=torch.uint8)] * figures["views"]
+        row = {}
+        for name, limit in (("handler", capped), ("max_pixels_only", classifier.options.max_pixels)):
+            classifier.pass_pixels = limit
+            chunks = classifier.group(views)
+            run = lambda chunks=chunks: [classifier.forward(torch.stack([views[i] for i in c])) for c in chunks]  # noqa: E731
+            row[name] = {"passes": [len(c) for c in chunks], "ms_per_image": 1000 * seconds(run, 3) / 4}
+        classifier.pass_pixels = capped
+        figures[f"{width}x{height}"] = row
+        print(f"[stacking] {width}x{height}: " + ", ".join(f"{n} {v['passes']} {v['ms_per_image']:.1f} ms/image"
+                                                      for n, v in row.items()), flush=True)
+    return figures
+
+
 PARTS = {"fuzz": lambda scratch: fuzz(), "im2col": lambda scratch: im2col(), "compile": compile_choice,
-         "sizes": sizes, "malloc": malloc}
+         "sizes": sizes, "malloc": malloc, "stacking": stacking}
 
 
 def main() -> int:
