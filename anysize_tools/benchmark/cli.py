@@ -79,7 +79,17 @@ def merge_parts(published: Path, parts) -> int:
          "command": " ".join(["python loadtests/benchmark.py", *sys.argv[1:]])})
     published.write_text(json.dumps(results, indent=1))
     write_doc(results)
+    refresh_capacity_plan(published)
     return 0
+
+
+def refresh_capacity_plan(data: Path) -> None:
+    """docs/capacity-plan.md takes its CPU rates from the published benchmark: re-render it when that changed."""
+    if data.resolve() == DOC_DATA.resolve():
+        from .. import capacity
+
+        capacity.PAGE.write_text(capacity.render())
+        print(f"[benchmark] wrote {capacity.PAGE}", flush=True)
 
 
 def main() -> int:
@@ -167,6 +177,7 @@ def main() -> int:
     if default or args.doc:  # a partial run would replace the published tables with a subset
         if default:
             DOC_DATA.write_text(json.dumps(results, indent=1))
+            refresh_capacity_plan(DOC_DATA)
         elif set(args.parts) == {"sweep"} and not args.match:  # a whole sweep: its data beside its page
             SWEEP_DATA.write_text(json.dumps(results, indent=1))
         write_doc(results)

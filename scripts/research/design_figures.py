@@ -288,7 +288,9 @@ def malloc(scratch: Path) -> dict:
             child.join()
             figures[key]["untouched_process"] = {"passes": list(passes)}
         print(f"[malloc] {key}: " + ", ".join(f"{n} {v['ms']:.1f} ms, {v['page_faults']:.0f} faults"
-                                             for n, v in figures[key].items() if isinstance(v, dict)), flush=True)
+                                             for n, v in figures[key].items() if n in settings)
+              + "; untouched process: " + ", ".join(f"{p['ms']:.0f} ms/{p['page_faults']} faults"
+                                                    for p in figures[key]["untouched_process"]["passes"]), flush=True)
     return figures
 
 
