@@ -121,14 +121,12 @@ def decoder_effects(count: int = 500, device: torch.device | None = None, qualit
     device = device or torch.device("cpu")
     decoder = "nvJPEG (torchvision.io.decode_jpeg on cuda)" if device.type == "cuda" else \
         "libjpeg-turbo (torchvision.io.decode_jpeg on the CPU)"
-    bodies, labels = [], []
-    for index in range(count):
-        width, height = EFFECT_SIZES[index % len(EFFECT_SIZES)]
-        image, label = render_example(SEED, "test", index, width, height)
+    pixels, labels = scenes(EFFECT_SIZES, count)  # the scenes the precision table uses, saved as JPEG
+    bodies = []
+    for image in pixels:
         buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, "JPEG", quality=quality)
+        Image.fromarray(image.numpy()).save(buffer, "JPEG", quality=quality)
         bodies.append(buffer.getvalue())
-        labels.append(label)
     # Pillow itself (the handler's decode_views hands plain JPEGs to torchvision, so it is no reference here).
     pillow = [torch.from_numpy(np.array(Image.open(io.BytesIO(body)).convert("RGB"), dtype=np.uint8))
               for body in bodies]
