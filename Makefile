@@ -79,7 +79,7 @@ train-demo: $(INSTALLED)
 	$(PY) scripts/research/train_demo.py
 
 # Accuracy and time versus input size for every head, aggregation and scale policy, on held-out scenes and an
-# independent probe (45 minutes on 2 cores, docs/resolution-study.json "seconds"; writes docs/resolution-study.* and
+# independent probe (27 minutes on 2 cores, docs/resolution-study.json "seconds"; writes docs/resolution-study.* and
 # model_store/demo/demo-vgg.serving.json).
 study: $(INSTALLED)
 	$(PY) scripts/research/resolution_study.py

@@ -176,8 +176,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> ArchiveSpec:
     scale.add_argument("--flip", action=argparse.BooleanOptionalAction,
                        help="also classify the mirrored image (default: the weights' own, else no)")
     scale.add_argument("--view-aggregation", choices=VIEW_AGGREGATIONS,
-                       help="how an image's views and mirrors become one answer: mean or each class's best view "
-                            "(default: the weights' own, else mean)")
+                       help="how an image's views and mirrors become one answer: their mean, each class's best "
+                            "view (max) or the mean of its two best (top2) (default: the weights' own, else mean)")
     scale.add_argument("--aggregation", choices=AGGREGATIONS,
                        help="fcn head: mean, max or lse over the class-score map (default: the weights' own, "
                             "else mean)")

@@ -108,6 +108,13 @@ def _study_summaries(path: Path):
     return {**results, "defaults": defaults, "targets": study.issue_targets(results["rows"], defaults)}
 
 
+def _view_choice_summary(path: Path):
+    choice = _research("view_aggregation_choice")
+    results = _json(path)
+    return {**results, "summary": {method: {rule: choice.summarise(by_condition, rule) for rule in choice.RULES}
+                                   for method, by_condition in results["accuracy"].items()}}
+
+
 def _benchmark_summary(path: Path):
     from .benchmark.targets import summary
 
@@ -119,6 +126,7 @@ DERIVED = (
     ("docs/soak/memory.json", _soak_memory),
     ("docs/benchmarks.json", _benchmark_summary),
     ("docs/resolution-study.json", _study_summaries),
+    ("docs/view-aggregation-choice.json", _view_choice_summary),
 )
 # Hand-written text where every figure must be a reference: (page, heading of the section, or None: the whole page)
 STRICT = (

@@ -32,6 +32,7 @@ def test_every_option_is_read_from_bytes_or_text():
     assert parse({"scales": b"none", "flip": b"0"}).scales == () and parse({"flip": b"off"}).flip is False
     upper = parse({"scale_policy": b"Native", "view_aggregation": b"MAX", "aggregation": b"Lse"})
     assert (upper.scale_policy, upper.view_aggregation, upper.aggregation) == ("native", "max", "lse")
+    assert parse({"view_aggregation": b"Top2"}).view_aggregation == "top2"
 
 
 @pytest.mark.parametrize("row,option", [

@@ -184,16 +184,25 @@ def test_a_panorama_under_the_archive_defaults_drops_its_largest_views_instead_o
     assert response["scales"] == [[112, 1792], [224, 3584], [448, 7168]]  # with the 672 view: over 4 x max_pixels
 
 
-def test_the_views_maximum_is_each_classs_best_view_renormalised(demo_dir):
-    handler = make_handler(demo_dir, aggregation="max", view_aggregation="max")
+@pytest.mark.parametrize("how, best", [("max", 1), ("top2", 2)])
+def test_max_and_top2_are_the_mean_of_each_classs_best_views_renormalised(demo_dir, how, best):
+    handler = make_handler(demo_dir, aggregation="max", view_aggregation=how)
     body = encode(make_photo(300, 200, seed=6), "PNG")
     response = answer(handler, body, scales="64,96,160")
-    assert response["view_aggregation"] == "max"
+    assert response["view_aggregation"] == how
     alone = torch.stack([distribution(answer(handler, body, scales=str(s))) for s in (64, 96, 160)])
-    best = alone.max(0).values
-    assert torch.allclose(distribution(response), best / best.sum(), atol=1e-5)
+    chosen = alone.sort(0, descending=True).values[:best].mean(0)
+    assert torch.allclose(distribution(response), chosen / chosen.sum(), atol=1e-5)
     mean = distribution(answer(handler, body, scales="64,96,160", view_aggregation="mean"))
-    assert torch.allclose(mean, alone.mean(0), atol=1e-5) and not torch.allclose(mean, best / best.sum(), atol=1e-3)
+    assert torch.allclose(mean, alone.mean(0), atol=1e-5) and not torch.allclose(mean, chosen / chosen.sum(), atol=1e-3)
+
+
+def test_one_confident_view_wins_max_but_not_top2_against_two_that_agree():
+    stray, agree = [0.9, 0.1, 0.0], [0.2, 0.8, 0.0]  # a small view sure of class 0; a view and its mirror: class 1
+    rows = torch.tensor([stray, agree, agree])
+    assert int(combine_views(rows, "max").argmax()) == 0
+    assert int(combine_views(rows, "top2").argmax()) == 1
+    assert torch.allclose(combine_views(rows[:1], "top2"), rows[0])  # one view: that view's answer
 
 
 def test_combining_views_by_an_unknown_rule_is_refused():

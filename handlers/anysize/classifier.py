@@ -4,8 +4,8 @@ Each image is decoded into its *views*: the sizes the scale policy feeds it at (
 ``native``, one per scale for multi-scale evaluation), each also mirrored when ``flip`` is asked for. Views of
 identical size, from any request of the batch, share a forward pass; nothing is padded, so a batched answer
 equals the single-request answer (unless the archive opts into size buckets). The fcn head's pass returns the
-class-score map, aggregated per image as that request asks; an image's views then become one answer by their mean
-or their per-class maximum (``view_aggregation``).
+class-score map, aggregated per image as that request asks; an image's views then become one answer by their mean,
+their per-class maximum or the mean of each class's two best (``view_aggregation``, scale_policy.combine_views).
 A bad image or bad option becomes a RequestError value in its own slot and never touches the others. Pixels stay
 uint8 until they reach the model's device, where they are normalised.
 """

@@ -18,7 +18,7 @@ and measured by tests/test_demo_model.py):
 | ``scale_policy`` (``X-Scale-Policy``) | ``working`` (rescale into the archive's working range), ``native`` (the image's own size) | the archive's |
 | ``scales`` (``X-Scales``) | shorter sides in px, comma-separated (at most 6, each 32-4096): multi-scale evaluation; ``none``: single scale | the archive's |
 | ``flip`` (``X-Flip``) | true / false: also classify the mirrored image | the archive's |
-| ``view_aggregation`` (``X-View-Aggregation``) | ``mean`` or ``max``: how the views and mirrors become one answer | the archive's |
+| ``view_aggregation`` (``X-View-Aggregation``) | ``mean``, ``max`` or ``top2``: how the views and mirrors become one answer (scale_policy) | the archive's |
 | ``aggregation`` (``X-Aggregation``) | fcn head only: ``mean``, ``max``, ``lse`` | the archive's |
 
 A parameter or form field wins over the header of the same option. A bad value is the request's own 400
@@ -114,7 +114,7 @@ def parse_options(row: Mapping[str, Any], defaults: RequestOptions, num_classes:
         options["flip"] = parse_bool("flip", values["flip"])
     if "view_aggregation" in values:
         options["view_aggregation"] = one_of("view_aggregation", values["view_aggregation"], VIEW_AGGREGATIONS,
-                                             " or ".join(VIEW_AGGREGATIONS))
+                                             ", ".join(VIEW_AGGREGATIONS))
     if "aggregation" in values:
         if defaults.aggregation is None:
             raise bad_option("aggregation", "left out: this archive's adaptive head has no class-score map to "

@@ -18,19 +18,22 @@ from .image_decoding import network_size
 
 Size = Tuple[int, int]  # (width, height)
 POLICIES = ("working", "native")
-# How an image's views become one answer: the mean of their probabilities (the VGG paper's), or each class's best
-# view, renormalised. The maximum lets a view at a large scale find a small object without the views at small
-# scales, which cannot see it, voting it down; and a view that sees a large object at the wrong scale rarely
-# outscores the view that sees it at the right one (docs/multi-scale-choice.json, docs/resolution-study.md).
-VIEW_AGGREGATIONS = ("mean", "max")
+# How an image's views become one answer: the mean of their probabilities (the VGG paper's); each class's best
+# view, renormalised (``max``); or the mean of each class's two best views, renormalised (``top2``).
+# The maximum lets a view at a large scale find a small object without the views at small scales, which cannot see
+# it, voting it down; and a view that sees a large object at the wrong scale rarely outscores the view that sees it
+# at the right one. But one view alone then decides, and on a large background the small views, where the object
+# shrinks to a few pixels, are often confidently wrong. ``top2`` needs a second view to agree, usually the same
+# scale's mirror, so that one stray view no longer wins (docs/view-aggregation-choice.json, docs/resolution-study.md).
+VIEW_AGGREGATIONS = ("mean", "max", "top2")
 
 
 def combine_views(rows: torch.Tensor, how: str) -> torch.Tensor:
     """(views, classes) probabilities of one image -> (classes,) probabilities."""
     if how == "mean":
         return rows.mean(0)
-    if how == "max":
-        best = rows.max(0).values
+    if how in ("max", "top2"):
+        best = rows.topk(min(len(rows), 1 if how == "max" else 2), dim=0).values.mean(0)
         return best / best.sum()
     raise ValueError(f"view_aggregation must be one of {VIEW_AGGREGATIONS}, not {how!r}")
 

@@ -49,6 +49,16 @@ def planner(scales, own_size):
     return sizes
 
 
+def render_pictures(pool, seed, count, chunk, width, height, unit):
+    """``count`` probe pictures then ``count`` held-out scenes of one condition, as (JPEG, label) pairs, and their
+    labels as a tensor; rendered in ``pool``."""
+    pictures = []
+    for source in ("probe", "scenes"):
+        jobs = [(source, seed, start, chunk, width, height, unit) for start in range(0, count, chunk)]
+        pictures += [item for part in pool.map(study.render_jpegs, jobs) for item in part]
+    return pictures, torch.tensor([label for _, label in pictures])
+
+
 @torch.inference_mode()
 def view_probabilities(scorer, pictures, sizes_for, flip):
     """{method: (pictures, views, classes)} soft-max outputs of every view (and mirror) of every picture."""
@@ -56,7 +66,7 @@ def view_probabilities(scorer, pictures, sizes_for, flip):
     out = {}
     for position in range(len(views[0])):  # every picture of a condition has the same views
         group = [picture_views[position] for picture_views in views]
-        per_pass = max(1, 1_500_000 // (group[0].shape[0] * group[0].shape[1]))
+        per_pass = scorer.images_per_pass(*group[0].shape[:2])
         for start in range(0, len(group), per_pass):
             for method, rows in scorer.probabilities(torch.stack(group[start:start + per_pass])).items():
                 out.setdefault(method, [[] for _ in views])
@@ -71,11 +81,7 @@ def main() -> int:
     results = {}
     with Pool(2) as pool:
         for mode, name, width, height, unit in CONDITIONS:
-            pictures = []
-            for source in ("probe", "scenes"):
-                jobs = [(source, SEED, start, CHUNK, width, height, unit) for start in range(0, PICTURES, CHUNK)]
-                pictures += [item for part in pool.map(study.render_jpegs, jobs) for item in part]
-            labels = torch.tensor([label for _, label in pictures])
+            pictures, labels = render_pictures(pool, SEED, PICTURES, CHUNK, width, height, unit)
             for scales, flip, own_size in CANDIDATES:
                 probabilities = view_probabilities(scorer, pictures, planner(scales, own_size), flip)
                 for combination in COMBINATIONS if scales else ("mean",):

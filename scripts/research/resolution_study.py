@@ -2,7 +2,7 @@
 """Is the demo model right at every size? Accuracy and time per image versus input resolution, for every head,
 aggregation and scale policy, on held-out scenes and on an independent probe.
 
-    .venv/bin/python scripts/research/resolution_study.py        # what `make study` runs (45 minutes on 2 cores: "seconds" in its JSON)
+    .venv/bin/python scripts/research/resolution_study.py        # what `make study` runs (27 minutes on 2 cores: "seconds" in its JSON)
 
 Two sources of pictures, both sent as JPEG like a user's photo: the `test` split of the training data's generator
 (`anysize_tools/shapes.py`, scenes it never trained on) and `shape_probe.py` (other drawing code, other backgrounds).
@@ -38,9 +38,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from anysize.classifier import images_per_pass
+from anysize.cpu_memory import keep_freed_buffers, kept_pass_pixels
 from anysize.image_decoding import decode_views, normalize
 from anysize.scale_policy import VIEW_AGGREGATIONS, combine_views, view_sizes
-from anysize.vgg_models import AGGREGATIONS, ARCHS, aggregate, load_model, pool_up_to, training_size
+from anysize.vgg_models import (AGGREGATIONS, ARCHS, aggregate, first_layer_channels, load_model, pool_up_to,
+                                 training_size)
 from anysize.weights import SERVING_SUFFIX, read_state_dict
 from anysize_tools.paths import DEMO, DOCS
 from anysize_tools.shape_probe import probe_jpeg
@@ -49,7 +52,10 @@ from study_report import markdown, plot
 
 DEMO_WEIGHTS = DEMO / "demo-vgg.pth"
 HEADS = ["adaptive"] + [f"fcn-{a}" for a in AGGREGATIONS]
-POLICIES = ("native", "working", "multi", "multi-max")  # multi: the views' mean; multi-max: each class's best view
+# multi-scale policies by how their views combine (scale_policy.combine_views): multi, the views' mean; multi-max,
+# each class's best view; multi-top2, the mean of each class's two best views
+MULTI_POLICIES = {"multi": "mean", "multi-max": "max", "multi-top2": "top2"}
+POLICIES = ("native", "working", *MULTI_POLICIES)
 # The multi-scale views' shorter sides, each also mirrored (the VGG paper's Q = S_min .. S_max): where the model is
 # best on whole-picture shapes (112), the fc6 window's own scale (224), and larger scales where small shapes on
 # large backgrounds keep their pixels. Chosen with scripts/research/multi_scale_choice.py (docs/multi-scale-choice.json) on
@@ -100,6 +106,15 @@ class Scorer:
         self.pool = ARCHS["demo"].pool_size
         # channels-last trunk, as the demo archives run it (anysize_tools.archive.demo_spec)
         self.adaptive.features.to(memory_format=torch.channels_last)
+        # The served worker's allocator setting and per-pass pixels (ImageClassifier.pass_pixels): an fp32 pass
+        # stacks views only while its buffers stay below glibc's kept size, since larger stacks map their buffers
+        # afresh on every pass (docs/design.md, "The CPU allocator"). Unlike a worker, whose batch bounds a pass,
+        # the study stacks the small views of a whole condition, so its times are a little lower than served.
+        kept = keep_freed_buffers()
+        self.pass_pixels = min(MAX_PIXELS, kept_pass_pixels(first_layer_channels(self.adaptive))) if kept else MAX_PIXELS
+
+    def images_per_pass(self, height: int, width: int) -> int:
+        return images_per_pass(self.pass_pixels, height, width)
 
     @torch.inference_mode()
     def probabilities(self, pixels: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -125,9 +140,9 @@ def own_size(width: int, height: int, cap: int) -> Tuple[int, int]:
 
 def evaluate(scorer: Scorer, bodies: Sequence[Tuple[bytes, int]], sizes_for: Callable, flip: bool,
              reduce_jpeg: bool = True) -> Dict:
-    """Decode every JPEG into its views as the service does, classify, combine the views (and mirrors) by their
-    mean and by their maximum (scale_policy.combine_views). Returns accuracy per method for each combination
-    (``accuracy``: the mean, ``accuracy_max_views``), the fed sizes, and decode / forward milliseconds per image."""
+    """Decode every JPEG into its views as the service does, classify, combine the views (and mirrors) by each
+    rule of scale_policy.combine_views. Returns accuracy per method for each rule (``accuracy``: the mean,
+    ``accuracy_views``: {rule: accuracy}), the fed sizes, and decode / forward milliseconds per image."""
     decode_s = forward_s = 0.0
     views_per_image: List[List[torch.Tensor]] = []
     for body, _ in bodies:
@@ -141,7 +156,7 @@ def evaluate(scorer: Scorer, bodies: Sequence[Tuple[bytes, int]], sizes_for: Cal
     for position in range(count):  # every image of a condition has the same views
         group = [views[position] for views in views_per_image]
         height, width = group[0].shape[:2]
-        per_pass = max(1, 1_500_000 // (height * width))
+        per_pass = scorer.images_per_pass(height, width)
         for start in range(0, len(group), per_pass):
             started = time.perf_counter()
             out = scorer.probabilities(torch.stack(group[start:start + per_pass]))
@@ -155,7 +170,7 @@ def evaluate(scorer: Scorer, bodies: Sequence[Tuple[bytes, int]], sizes_for: Cal
 
     def accuracy(totals):
         return {name: float((total.argmax(1) == labels).float().mean()) for name, total in totals.items()}
-    return {"accuracy": accuracy(combined["mean"]), "accuracy_max_views": accuracy(combined["max"]),
+    return {"accuracy": accuracy(combined["mean"]), "accuracy_views": {how: accuracy(c) for how, c in combined.items()},
             "predictions": {name: total.argmax(1).tolist() for name, total in combined["mean"].items()},
             "fed": [list(v.shape[:2][::-1]) for v in views_per_image[0][:len(views_per_image[0]) // (2 if flip else 1)]],
             "decode_ms": 1000 * decode_s / len(bodies), "forward_ms": 1000 * forward_s / len(bodies)}
@@ -175,7 +190,9 @@ def resize_and_crop(scorer: Scorer, bodies: Sequence[Tuple[bytes, int]], size: i
         crops.append(torch.from_numpy(np.asarray(image.crop((left, top, left + size, top + size))).copy()))
     decode_s = time.perf_counter() - started
     started = time.perf_counter()
-    rows = torch.cat([scorer.probabilities(torch.stack(crops[i:i + 32]))["adaptive"] for i in range(0, len(crops), 32)])
+    per_pass = scorer.images_per_pass(size, size)
+    rows = torch.cat([scorer.probabilities(torch.stack(crops[i:i + per_pass]))["adaptive"]
+                      for i in range(0, len(crops), per_pass)])
     forward_s = time.perf_counter() - started
     labels = torch.tensor([label for _, label in bodies])
     return {"accuracy": float((rows.argmax(1) == labels).float().mean()), "decode_ms": 1000 * decode_s / len(bodies),
@@ -236,9 +253,9 @@ def run_study(args: argparse.Namespace) -> Dict:
             for source in ("scenes", "probe"):
                 items = bodies[(row["condition"], row["mode"], source)]
                 multi = lambda w, h: view_sizes(w, h, "native", None, MULTI_SCALES, MAX_PIXELS, MIN_SIDE)  # noqa
-                row[source]["multi"] = evaluate(scorer, items, multi, flip=True)
-                multi_entry = row[source]["multi"]
-                row[source]["multi-max"] = {**multi_entry, "accuracy": multi_entry["accuracy_max_views"]}
+                multi_entry = evaluate(scorer, items, multi, flip=True)
+                for policy, how in MULTI_POLICIES.items():  # the same views and passes, combined by each rule
+                    row[source][policy] = {**multi_entry, "accuracy": multi_entry["accuracy_views"][how]}
                 by_range = {}  # each head under its own working range (one evaluation when they are the same)
                 for head, span in working.items():
                     if span not in by_range:
@@ -259,7 +276,7 @@ def run_study(args: argparse.Namespace) -> Dict:
             for entry in row[source].values():
                 if isinstance(entry, dict):
                     entry.pop("predictions", None)
-                    entry.pop("accuracy_max_views", None)
+                    entry.pop("accuracy_views", None)
     return {"training_size": train_size, "seed": args.seed, "images": args.images, "large_images": args.large_images,
             "threads": args.threads, "torch": torch.__version__, "machine": f"{platform.machine()} CPU",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "weights": Path(args.weights).name,
@@ -293,7 +310,7 @@ def issue_targets(rows: List[Dict], defaults: Dict) -> Dict:
         longest = longest_native_run(rows, head)
         entry["native_range"] = {"sides": [longest[0], longest[-1]] if longest else [],
                                  "ratio": longest[-1] / longest[0] if longest else 0.0}
-        timing = policy if policy != "multi-max" else "multi"  # the same views and passes
+        timing = "multi" if policy in MULTI_POLICIES else policy  # the same views and passes
         cost = {r["condition"]: r["scenes"][timing]["decode_ms"] + r["scenes"][timing]["forward_ms"] for r in rows
                 if r["mode"] == "zoom" and (r["width"], r["height"]) in ((4032, 3024), (448, 448))}
         large, small = cost["4032x3024 (12 MP)"], cost["448x448"]
@@ -314,7 +331,7 @@ def merge_heads(adaptive: Dict, fcn: Dict) -> Dict:
 
 
 def choose_defaults(rows: List[Dict]) -> Dict[str, Dict[str, str]]:
-    """Each head's defaults: the policy (working range alone, or multi-scale with flip, the views' mean or maximum)
+    """Each head's defaults: the policy (working range alone, or multi-scale with flip, by each way to combine views)
     and, for fcn, the aggregation with the best mean accuracy over zoom and canvas together, held-out scenes and
     probe alike."""
     def mean_accuracy(policy, method):
@@ -349,11 +366,11 @@ def write_serving_defaults(results: Dict, weights: Path) -> Path:
                                 f"head keeps >= {NATIVE_FLOOR:.0%} natively on held-out scenes, capped at {COST_CAP} px "
                                 f"for cost",
         "aggregation": {"fcn": results["defaults"]["fcn"]["method"].removeprefix("fcn-")},
-        "scales": {head: ",".join(map(str, results["multi_scales"])) if choice["policy"].startswith("multi") else ""
+        "scales": {head: ",".join(map(str, results["multi_scales"])) if choice["policy"] in MULTI_POLICIES else ""
                    for head, choice in results["defaults"].items()},
-        "flip": {head: "true" if choice["policy"].startswith("multi") else "false"
+        "flip": {head: "true" if choice["policy"] in MULTI_POLICIES else "false"
                  for head, choice in results["defaults"].items()},
-        "view_aggregation": {head: "max" if choice["policy"] == "multi-max" else "mean"
+        "view_aggregation": {head: MULTI_POLICIES.get(choice["policy"], "mean")
                              for head, choice in results["defaults"].items()},
     }, indent=1) + "\n")
     return path

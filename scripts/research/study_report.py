@@ -22,6 +22,7 @@ def plot(results: Dict, path: Path) -> None:
         for method, policy, style in (("adaptive", "native", "C0:"), ("adaptive", "working", "C0-"),
                                       (fcn, "native", "C1:"), (fcn, "working", "C1-"), (fcn, "multi", "C1--"),
                                       (fcn, "multi-max", "C4-"), ("adaptive", "multi-max", "C0--"),
+                                      (fcn, "multi-top2", "C5-"), ("adaptive", "multi-top2", "C5--"),
                                       ("fcn-mean", "native", "C2:")):
             axis.plot(x, [100 * r["scenes"][policy]["accuracy"][method] for r in rows], style, marker="o",
                       markersize=3, label=f"{method}, {policy}")
@@ -82,7 +83,7 @@ def markdown(results: Dict, reading: str, settings: Dict) -> str:
                          " | ".join(percent(entry[p]["accuracy"][m]) for m, p in methods) +
                          f" | {percent(entry['resize+crop']['accuracy'])} |")
         tables.append("\n".join(lines))
-    cost = ["| input | native ms | working ms | multi or multi-max ms | resize+crop ms |", "|---|---:|---:|---:|---:|"]
+    cost = ["| input | native ms | working ms | multi (any view rule) ms | resize+crop ms |", "|---|---:|---:|---:|---:|"]
     for r in results["rows"]:
         if r["mode"] != "zoom":
             continue
@@ -114,7 +115,8 @@ scale on a larger background).
 **Policies**: `native` feeds the image at its own size (only the 4 MP cap and the 32-px floor apply); `working`
 rescales it into the head's working range of the shorter side ({ranges}, derived below); `multi` feeds views at
 shorter sides {', '.join(map(str, results['multi_scales']))} plus their mirrors and averages the probabilities;
-`multi-max` feeds the same views and takes each class's best view instead (renormalised).
+`multi-max` feeds the same views and takes each class's best view instead (renormalised); `multi-top2` the mean of
+each class's two best views (renormalised).
 **Methods**: `adaptive` (AdaptiveAvgPool2d(7) + FC head), `fcn-mean` / `fcn-max` / `fcn-lse` (the class-score map
 averaged, maxed, log-mean-exp'ed over positions), and `resize+crop` (shorter side to 8/7 x {results['training_size']},
 centre crop {results['training_size']}, the classic baseline).
@@ -132,7 +134,10 @@ best mean accuracy over every zoom and canvas condition of both sources: {chosen
 ## Time per image (ms: JPEG decoding and resizing + forward pass, fcn head; held-out scenes)
 
 One forward pass computes the class-score map; `mean`, `max` and `lse` aggregate that same map afterwards, so
-these times hold for every fcn aggregation, and `multi` and `multi-max` (the views' mean or maximum) share theirs.
+these times hold for every fcn aggregation, and `multi`, `multi-max` and `multi-top2` (the same views combined by
+their mean, maximum or two best) share theirs. A pass holds at most the served worker's per-pass pixels
+(`ImageClassifier.pass_pixels`), under its allocator setting; it stacks the small views of a whole condition, more
+than a worker's batch holds.
 
 {chr(10).join(cost)}
 
