@@ -47,7 +47,8 @@ loadtest: $(INSTALLED)
 		--duration $(DURATION) --processes $(PROCESSES)
 
 # The fast-path benchmark for this machine (CPU or GPU): served vs bare model vs stock handler per precision, at
-# 224x224 and mixed sizes, answers per option, the targets (about 25 minutes on 2 cores); rewrites docs/benchmarks.*.
+# 224x224 and mixed sizes, answers per option, the targets (about an hour on 2 cores: the judged runs go in three
+# rounds; a run records its length in meta.minutes); rewrites docs/benchmarks.*.
 bench: $(INSTALLED)
 	$(PY) loadtests/benchmark.py
 

@@ -17,8 +17,9 @@ def fmt(value, digits: int = 1) -> str:
 
 def bare_entry(results: dict, config: dict) -> Optional[dict]:
     """The bare measurement for a served configuration: same model, head, workload, precision, memory format and
-    compilation."""
-    return next((e for e in results["bare"] if bare_key(e) == bare_key(config)), None)
+    compilation, and the one taken for its round where each round has its own (else the first)."""
+    same = [e for e in results["bare"] if bare_key(e) == bare_key(config)]
+    return next((e for e in same if e.get("round", 0) == config.get("round", 0)), same[0] if same else None)
 
 
 def bare_share(results: dict, run: dict, decoding: bool = True) -> Optional[float]:
