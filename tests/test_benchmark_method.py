@@ -74,3 +74,21 @@ def test_each_round_measures_its_bare_figure_just_before_its_first_run(tmp_path,
     bare = json.loads(out.read_text())["bare"]
     rounds = sorted((e["precision"], e.get("round", 0)) for e in bare if e["workload"] == "mixed")
     assert rounds == [(p, r) for p in ("bf16", "fp32") for r in range(1, LIKE_ROUNDS + 1)]
+
+
+def test_mixed_sizes_are_timed_in_turn_as_a_worker_meets_them():
+    """One image of each request name after another, every round, not one image's passes back to back."""
+    import torch
+
+    from anysize_tools.benchmark.bare import in_turn_ms
+
+    seen = []
+
+    def view(tag):
+        return torch.full((2, 2, 3), tag, dtype=torch.uint8)
+
+    groups = {"a": [[[view(1)]], [[view(2)], [view(4), view(4)]]], "b": [[[view(3)]]]}  # per name, image, pass
+    ms = in_turn_ms(lambda batch: seen.append((int(batch[0, 0, 0, 0]), len(batch))), groups, 0.0)
+    one_round = [(1, 1), (3, 1), (2, 1), (4, 2)]
+    assert len(seen) >= 3 * len(one_round) and seen == one_round * (len(seen) // len(one_round))
+    assert set(ms) == {"a", "b"} and all(value >= 0 for value in ms.values())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 from ..workloads import load_images
-from .plan import IDLE_PAUSE, variant
+from .plan import IDLE_PAUSE, SAME_SIZE_WORKLOADS, variant
 
 
 # ------------------------------------------------------------------------------------------------ bare model
@@ -24,6 +25,33 @@ def seconds_per_call(function, min_seconds: float, min_calls: int = 3, pause: fl
         function()
         times.append(time.perf_counter() - call_started)
     return statistics.median(times)
+
+
+def in_turn_ms(forward: Callable, groups_by_kind: Dict[str, list], min_seconds: float) -> Dict[str, float]:
+    """Milliseconds per image of each request name when the workload's images are classified in turn, one of each
+    name after another, as a worker meets a mixed workload: the median over at least two rounds (and
+    ``min_seconds``) per image, averaged over a name's images. ``groups_by_kind``: per name, per image, its passes
+    (lists of same-size views), as ImageClassifier.group forms them."""
+    import torch
+
+    queue = [item for row in itertools.zip_longest(*[[(kind, index, groups) for index, groups in enumerate(images)]
+                                                     for kind, images in groups_by_kind.items()]) for item in row if item]
+    times: Dict[tuple, List[float]] = {}
+
+    def one_round(record: bool) -> None:
+        for kind, index, groups in queue:
+            started = time.perf_counter()
+            for views in groups:
+                forward(torch.stack(views))
+            if record:
+                times.setdefault((kind, index), []).append(time.perf_counter() - started)
+
+    one_round(False)  # warm-up: every size once
+    started = time.perf_counter()
+    while len(next(iter(times.values()), [])) < 2 or time.perf_counter() - started < min_seconds:
+        one_round(True)
+    return {kind: 1000 * statistics.mean(statistics.median(times[(kind, index)]) for index in range(len(images)))
+            for kind, images in groups_by_kind.items()}
 
 
 def bare_model(model: str, head: str, workload: str, batches: List[int], scratch: Path, precision: str = "fp32",
@@ -76,10 +104,10 @@ def bare_model(model: str, head: str, workload: str, batches: List[int], scratch
                                       pause=pause) / copies
         return total
 
-    kinds = {}
+    kinds, groups_by_kind = {}, {}
     for kind, images in load_images(workload).items():
         images = images[:images_per_kind] if images_per_kind else images
-        groups = [view_groups(body) for _, body in images]
+        groups = groups_by_kind[kind] = [view_groups(body) for _, body in images]
         decode_ms = 1000 * statistics.mean(
             seconds_per_call(lambda body=body: classifier.decode(body, defaults), 0.2, 3) for _, body in images)
         # The preprocessing inside the forward pass (uint8 HWC -> normalised float NCHW), timed on its own.
@@ -96,8 +124,19 @@ def bare_model(model: str, head: str, workload: str, batches: List[int], scratch
               + ", ".join(f"b{b} {ms:.1f} ms" for b, ms in model_ms.items())
               + f" per image ({kinds[kind]['views_per_image']:.1f} views); b1 after {IDLE_PAUSE * 1000:.0f} ms idle "
               f"{after_pause_ms:.1f} ms", flush=True)
+    in_turn = workload not in SAME_SIZE_WORKLOADS and 1 in batches
+    if in_turn:
+        # A worker meets a mixed workload's images in turn, their sizes alternating, where the figures above repeat
+        # one image's passes back to back with its kernels and buffers warm (on a CPU measurably faster per image
+        # in bf16, not in fp32). The batch-1 figure the served runs are divided by is the one timed in turn; the
+        # repeated one stays beside it.
+        for kind, ms in in_turn_ms(classifier.forward, groups_by_kind, min_seconds * len(kinds)).items():
+            kinds[kind]["model_ms_repeated"] = kinds[kind]["model_ms"][1]
+            kinds[kind]["model_ms"][1] = ms
+            print(f"[bare] {model}-{head} {variant(options.to_mapping())} {kind}: model b1 in turn {ms:.1f} ms per "
+                  f"image (repeated: {kinds[kind]['model_ms_repeated']:.1f} ms)", flush=True)
     throughput = {batch: 1000 / statistics.mean(k["model_ms"][batch] for k in kinds.values()) for batch in batches}
-    return {"model": model, "head": head, "workload": workload, "precision": precision,
+    return {"model": model, "head": head, "workload": workload, "precision": precision, "in_turn": in_turn,
             "channels_last": channels_last, "compile": compile, "kinds": kinds,
             "model_images_per_s": throughput,
             "threads": torch.get_num_threads()}

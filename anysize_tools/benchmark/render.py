@@ -75,6 +75,8 @@ def bare_rows(results: dict) -> List[str]:
         for kind, figures in sorted(entry["kinds"].items(),
                                     key=lambda item: [int(n) for n in re.findall(r"\d+", item[0])][-1]):
             model_ms = ", ".join(f"b{b}: {fmt(ms)}" for b, ms in figures["model_ms"].items())
+            if "model_ms_repeated" in figures:
+                model_ms += f" (b1 in turn; repeated: {fmt(figures['model_ms_repeated'])})"
             label = variant(entry) + (f", round {entry['round']}" if entry.get("round") else "")
             rows.append(f"| {entry['model']}-{entry['head']} | {label} | {kind} | {fmt(figures['decode_ms'])} | "
                         f"{fmt(figures.get('normalize_ms'), 2)} | {model_ms} | "
@@ -186,7 +188,10 @@ def render(results: dict) -> str:
         "request name), at the best batch size the server could form (same-size images only: `fixed` and `1080p` "
         "up to batchSize, the others at 1), measured just before the first served run it divides"
         + (" (for runs in rounds, just before each round's: the bare table marks the round)"
-           if any(entry.get("round") for entry in results["bare"]) else "") + ". *served / bare* "
+           if any(entry.get("round") for entry in results["bare"]) else "")
+        + ("; on workloads of mixed sizes the batch-1 figure is timed with the images in turn, as a worker meets "
+           "them, not each repeated back to back (the bare table shows both)"
+           if any(entry.get("in_turn") for entry in results["bare"]) else "") + ". *served / bare* "
         "is the share of the run's time the bare handler would have needed for the answered images: what the "
         "server (frontend, queue, IPC, batching) costs. *served / bare model* leaves decoding out of the bare work: "
         "the model's own ceiling, which matters where decoding a picture's views is a large share of the work (the "
