@@ -22,7 +22,7 @@ import torch
 
 from . import request_errors as errors
 from .compiled_model import SizeBoundedCompile
-from .cpu_memory import buffers_kept, kept_pass_pixels
+from .cpu_memory import kept_pass_limit
 from .handler_config import HandlerOptions
 from .image_decoding import decode_jpeg_batch, decode_views, is_plain_jpeg, normalize, open_image
 from .precision import PRECISION_TABLE
@@ -96,10 +96,10 @@ class ImageClassifier:
         self.precision = PRECISION_TABLE[options.precision]
         self.precision.apply()  # fp32 turns TF32 off: PyTorch's default leaves cuDNN convolutions in TF32
         self.pass_pixels = options.max_pixels
-        if device.type == "cpu" and options.keep_cpu_buffers and buffers_kept() and self.precision.autocast is None:
+        if device.type == "cpu" and options.keep_cpu_buffers and self.precision.autocast is None:
             # fp32 on a CPU whose allocator keeps freed buffers (the worker set it up): stack images only while the
             # pass's buffers stay below the kept size, or every pass maps and faults them in afresh (cpu_memory).
-            self.pass_pixels = min(self.pass_pixels, kept_pass_pixels(first_layer_channels(self.model)))
+            self.pass_pixels = kept_pass_limit(self.pass_pixels, first_layer_channels(self.model))
 
     def warm_up(self, batch_size: int) -> None:
         """Forward passes at the configured sizes, at batch 1 and batchSize, before the first request: kernel

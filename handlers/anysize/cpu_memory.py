@@ -51,6 +51,12 @@ def kept_pass_pixels(first_layer_channels: int, bytes_per_value: int = 4) -> int
     return max(1, (MMAP_THRESHOLD - ALLOCATION_SLACK) // (first_layer_channels * bytes_per_value))
 
 
+def kept_pass_limit(max_pixels: int, first_layer_channels: int) -> int:
+    """``max_pixels`` lowered to kept_pass_pixels once this process keeps freed buffers (else unchanged): the input
+    pixels an fp32 pass on a CPU may stack."""
+    return min(max_pixels, kept_pass_pixels(first_layer_channels)) if buffers_kept() else max_pixels
+
+
 def buffers_kept() -> bool:
     """True once keep_freed_buffers has set glibc's thresholds in this process (not on musl or macOS)."""
     return _kept

@@ -17,7 +17,7 @@ from multiprocessing import Pool
 import resolution_study as study
 import torch
 
-from anysize.scale_policy import view_sizes
+from anysize.scale_policy import combine_views, view_sizes
 from anysize.weights import read_state_dict
 from anysize_tools.paths import DOCS
 
@@ -106,8 +106,9 @@ def main() -> int:
 
 
 def combine(rows: torch.Tensor, how: str) -> torch.Tensor:
-    """(pictures, views, classes) -> (pictures, classes): the mean over views, or each class's best view."""
-    return rows.mean(1) if how == "mean" else rows.max(1).values
+    """(pictures, views, classes) -> (pictures, classes): each picture's views combined as the service combines
+    them (scale_policy.combine_views: ``how`` is one of its VIEW_AGGREGATIONS)."""
+    return torch.stack([combine_views(views, how) for views in rows])
 
 
 if __name__ == "__main__":

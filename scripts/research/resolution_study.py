@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 from anysize.classifier import images_per_pass
-from anysize.cpu_memory import keep_freed_buffers, kept_pass_pixels
+from anysize.cpu_memory import keep_freed_buffers, kept_pass_limit
 from anysize.image_decoding import decode_views, normalize
 from anysize.scale_policy import VIEW_AGGREGATIONS, combine_views, view_sizes
 from anysize.vgg_models import (AGGREGATIONS, ARCHS, aggregate, first_layer_channels, load_model, pool_up_to,
@@ -110,8 +110,8 @@ class Scorer:
         # stacks views only while its buffers stay below glibc's kept size, since larger stacks map their buffers
         # afresh on every pass (docs/design.md, "The CPU allocator"). Unlike a worker, whose batch bounds a pass,
         # the study stacks the small views of a whole condition, so its times are a little lower than served.
-        kept = keep_freed_buffers()
-        self.pass_pixels = min(MAX_PIXELS, kept_pass_pixels(first_layer_channels(self.adaptive))) if kept else MAX_PIXELS
+        keep_freed_buffers()
+        self.pass_pixels = kept_pass_limit(MAX_PIXELS, first_layer_channels(self.adaptive))
 
     def images_per_pass(self, height: int, width: int) -> int:
         return images_per_pass(self.pass_pixels, height, width)
@@ -170,7 +170,8 @@ def evaluate(scorer: Scorer, bodies: Sequence[Tuple[bytes, int]], sizes_for: Cal
 
     def accuracy(totals):
         return {name: float((total.argmax(1) == labels).float().mean()) for name, total in totals.items()}
-    return {"accuracy": accuracy(combined["mean"]), "accuracy_views": {how: accuracy(c) for how, c in combined.items()},
+    by_rule = {how: accuracy(c) for how, c in combined.items()}
+    return {"accuracy": by_rule["mean"], "accuracy_views": by_rule,
             "predictions": {name: total.argmax(1).tolist() for name, total in combined["mean"].items()},
             "fed": [list(v.shape[:2][::-1]) for v in views_per_image[0][:len(views_per_image[0]) // (2 if flip else 1)]],
             "decode_ms": 1000 * decode_s / len(bodies), "forward_ms": 1000 * forward_s / len(bodies)}

@@ -21,6 +21,7 @@ import multi_scale_choice as choice
 import resolution_study as study
 import torch
 
+from anysize.scale_policy import VIEW_AGGREGATIONS
 from anysize.weights import read_state_dict
 from anysize_tools.paths import DOCS
 
@@ -39,11 +40,11 @@ def pair_max(p: torch.Tensor) -> torch.Tensor:
     return ((p[:, :half] + p[:, half:]) / 2).max(1).values
 
 
-# (pictures, views, classes) -> (pictures, classes) scores; only the argmax matters here
+# (pictures, views, classes) -> (pictures, classes) scores; only the argmax matters here. The service's own rules
+# (scale_policy.VIEW_AGGREGATIONS) through its own code; the others written out.
 RULES = {
-    "mean": lambda p: p.mean(1),
-    "max": lambda p: p.max(1).values,
-    **{f"top{k}": (lambda k: lambda p: p.topk(k, 1).values.mean(1))(k) for k in (2, 3, 4)},
+    **{how: (lambda how: lambda p: choice.combine(p, how))(how) for how in VIEW_AGGREGATIONS},
+    **{f"top{k}": (lambda k: lambda p: p.topk(k, 1).values.mean(1))(k) for k in (3, 4)},
     **{f"power{q}": (lambda q: lambda p: (p ** q).mean(1))(q) for q in (2, 4, 8)},
     "geometric": lambda p: p.clamp_min(1e-9).log().mean(1),
     "confidence-weighted": lambda p: (p * p.max(2, keepdim=True).values).sum(1),
