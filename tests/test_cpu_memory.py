@@ -64,9 +64,19 @@ def test_the_handler_applies_the_setting_on_a_cpu_only_when_the_archive_asks(dem
     assert calls == ([True] if keep else [])
 
 
-@pytest.mark.parametrize("precision, keep, capped", [("fp32", True, True), ("bf16", True, False),
-                                                     ("fp32", False, False)])
-def test_fp32_passes_on_a_cpu_stack_only_as_many_images_as_keep_their_buffers_reusable(
+def test_bf16_passes_stack_past_the_kept_size_only_for_weights_worth_amortising():
+    assert cpu_memory.keep_freed_buffers()
+    kept = cpu_memory.kept_pass_pixels(64)
+    large, small = 553 * 2**20, 5 * 2**20  # vgg16's fp32 weights; the demo model's
+    assert cpu_memory.kept_pass_limit(4_194_304, 64, autocast=True, weight_bytes=large) == 4_194_304
+    assert cpu_memory.kept_pass_limit(4_194_304, 64, autocast=True, weight_bytes=small) == kept
+    assert cpu_memory.kept_pass_limit(4_194_304, 64, autocast=False, weight_bytes=large) == kept
+    assert cpu_memory.kept_pass_limit(100_000, 64, autocast=False, weight_bytes=large) == 100_000 < kept
+
+
+@pytest.mark.parametrize("precision, keep, capped", [("fp32", True, True), ("bf16", True, True),
+                                                     ("fp32", False, False), ("bf16", False, False)])
+def test_cpu_passes_of_the_small_demo_model_stack_only_as_many_images_as_keep_their_buffers_reusable(
         demo_handler, precision, keep, capped):
     handler = demo_handler(precision=precision, keep_cpu_buffers=keep)
     classifier = handler.classifier

@@ -96,10 +96,13 @@ class ImageClassifier:
         self.precision = PRECISION_TABLE[options.precision]
         self.precision.apply()  # fp32 turns TF32 off: PyTorch's default leaves cuDNN convolutions in TF32
         self.pass_pixels = options.max_pixels
-        if device.type == "cpu" and options.keep_cpu_buffers and self.precision.autocast is None:
-            # fp32 on a CPU whose allocator keeps freed buffers (the worker set it up): stack images only while the
-            # pass's buffers stay below the kept size, or every pass maps and faults them in afresh (cpu_memory).
-            self.pass_pixels = kept_pass_limit(self.pass_pixels, first_layer_channels(self.model))
+        if device.type == "cpu" and options.keep_cpu_buffers:
+            # A CPU whose allocator keeps freed buffers (the worker set it up): stack images only while the pass's
+            # buffers stay below the kept size, or every pass maps and faults them in afresh; in bf16 not where
+            # stacking amortises large weights (cpu_memory.kept_pass_limit).
+            weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            self.pass_pixels = kept_pass_limit(self.pass_pixels, first_layer_channels(self.model),
+                                               self.precision.autocast is not None, weight_bytes)
 
     def warm_up(self, batch_size: int) -> None:
         """Forward passes at the configured sizes, at batch 1 and batchSize, before the first request: kernel

@@ -51,10 +51,17 @@ def kept_pass_pixels(first_layer_channels: int, bytes_per_value: int = 4) -> int
     return max(1, (MMAP_THRESHOLD - ALLOCATION_SLACK) // (first_layer_channels * bytes_per_value))
 
 
-def kept_pass_limit(max_pixels: int, first_layer_channels: int) -> int:
+def kept_pass_limit(max_pixels: int, first_layer_channels: int, autocast: bool = False, weight_bytes: int = 0
+                    ) -> int:
     """``max_pixels`` lowered to kept_pass_pixels once this process keeps freed buffers (else unchanged): the input
-    pixels an fp32 pass on a CPU may stack."""
-    return min(max_pixels, kept_pass_pixels(first_layer_channels)) if buffers_kept() else max_pixels
+    pixels a pass on a CPU may stack. In fp32 always. In bf16 (``autocast``) only for a model whose weights are
+    under the kept size: a bf16 pass computes fast enough that stacking pays by reading large weights once for
+    many images (vgg16 at 224 px: eight per pass beat two), while a small model has nothing to amortise and only
+    maps and faults in its big buffers afresh (the demo model's bf16 views: a third slower per image).
+    docs/design-figures.json, part ``stacking``, measures both."""
+    if not buffers_kept() or (autocast and weight_bytes > MMAP_THRESHOLD):
+        return max_pixels
+    return min(max_pixels, kept_pass_pixels(first_layer_channels))
 
 
 def buffers_kept() -> bool:

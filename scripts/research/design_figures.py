@@ -18,8 +18,8 @@ Parts:
 - malloc: vgg16-fcn's fp32 forward pass at 224x224 (NCHW and channels_last) and 640x640 under glibc's initial
   allocator thresholds and under the worker's (`cpu_memory.py`), alternating in one process, with the page faults
   per pass; and each pass from the first in a fresh process that never set a threshold (glibc's own rule).
-- stacking: the demo model's fp32 views in the passes the handler forms on a CPU (kept_pass_pixels) against passes
-  limited by max_pixels only.
+- stacking: on a CPU, the demo model's views and vgg16's 224x224 images, fp32 and bf16, in passes kept under the
+  allocator's threshold (kept_pass_pixels) against passes limited by max_pixels only, and which the handler picks.
 """
 
 from __future__ import annotations
@@ -308,30 +308,45 @@ def _untouched_passes(memory_format: str, side: int, scratch: str, count: int, p
 
 
 def stacking(scratch: Path) -> dict:
-    """The demo model in fp32 (channels-last, as shipped) on a CPU with the worker's allocator settings: four images'
-    views and their mirrors at one size, in the passes the handler forms (kept_pass_pixels) against passes limited
-    by max_pixels only; milliseconds per image."""
-    from anysize.cpu_memory import keep_freed_buffers
+    """On a CPU with the worker's allocator settings, channels-last as shipped: the demo model's views (four images'
+    views and their mirrors at one size) and vgg16 at 224x224 (eight images), in fp32 and bf16, stacked only while a
+    pass's buffers stay kept (kept_pass_pixels) against passes limited by max_pixels only; milliseconds per image,
+    and which of the two the handler's rule (cpu_memory.kept_pass_limit) picks."""
+    from anysize.cpu_memory import keep_freed_buffers, kept_pass_pixels
+    from anysize.vgg_models import first_layer_channels
     from anysize_tools.paths import DEMO
 
     assert keep_freed_buffers(), "needs glibc"
-    model = load_model("demo", "fcn", read_state_dict(DEMO / "demo-vgg.pth"))
-    classifier = ImageClassifier(model, HandlerOptions(arch="demo", head="fcn", channels_last=True),
-                                 [str(i) for i in range(10)], "figures", torch.device("cpu"))
-    capped = classifier.pass_pixels
-    figures = {"kept_pass_pixels": capped, "max_pixels": classifier.options.max_pixels, "views": 8}
-    for height, width in ((224, 299), (448, 597), (672, 896)):
-        views = [torch.zeros(height, width, 3, dtype=torch.uint8)] * figures["views"]
-        row = {}
-        for name, limit in (("handler", capped), ("max_pixels_only", classifier.options.max_pixels)):
-            classifier.pass_pixels = limit
-            chunks = classifier.group(views)
-            run = lambda chunks=chunks: [classifier.forward(torch.stack([views[i] for i in c])) for c in chunks]  # noqa: E731
-            row[name] = {"passes": [len(c) for c in chunks], "ms_per_image": 1000 * seconds(run, 3) / 4}
-        classifier.pass_pixels = capped
-        figures[f"{width}x{height}"] = row
-        print(f"[stacking] {width}x{height}: " + ", ".join(f"{n} {v['passes']} {v['ms_per_image']:.1f} ms/image"
-                                                      for n, v in row.items()), flush=True)
+    figures: dict = {"views": 8}
+    cases = (("demo", 4, [(224, 299), (448, 597), (672, 896)]), ("vgg16", 8, [(224, 224)]))
+    for arch, images, sizes in cases:
+        for precision in ("fp32", "bf16"):
+            if arch == "demo":
+                model = load_model("demo", "fcn", read_state_dict(DEMO / "demo-vgg.pth"))
+                classifier = ImageClassifier(model, HandlerOptions(arch="demo", head="fcn", channels_last=True,
+                                                                   precision=precision),
+                                             [str(i) for i in range(10)], "figures", torch.device("cpu"))
+            else:
+                classifier = vgg16("fcn", scratch, channels_last=True, precision=precision)
+            chosen, limits = classifier.pass_pixels, {
+                "kept_size": kept_pass_pixels(first_layer_channels(classifier.model)),
+                "max_pixels_only": classifier.options.max_pixels}
+            entry = figures.setdefault(arch, {"kept_pass_pixels": limits["kept_size"],
+                                              "max_pixels": limits["max_pixels_only"], "images": images})
+            for height, width in sizes:
+                count = figures["views"] * images // 4 if arch == "demo" else images
+                views = [torch.zeros(height, width, 3, dtype=torch.uint8)] * count
+                row = {"handler": next(name for name, limit in limits.items() if limit == chosen)}
+                for name, limit in limits.items():
+                    classifier.pass_pixels = limit
+                    chunks = classifier.group(views)
+                    run = lambda chunks=chunks: [classifier.forward(torch.stack([views[i] for i in c]))  # noqa: E731
+                                                 for c in chunks]
+                    row[name] = {"passes": [len(c) for c in chunks], "ms_per_image": 1000 * seconds(run, 3) / images}
+                classifier.pass_pixels = chosen
+                entry.setdefault(precision, {})[f"{width}x{height}"] = row
+                print(f"[stacking] {arch} {precision} {width}x{height}: handler {row['handler']}; " + ", ".join(
+                    f"{n} {row[n]['passes']} {row[n]['ms_per_image']:.1f} ms/image" for n in limits), flush=True)
     return figures
 
 
