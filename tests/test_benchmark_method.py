@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 from anysize_tools.benchmark import cli
 from anysize_tools.benchmark.plan import DEFAULT_PARTS, LIKE_ROUNDS, base_name, plan
-from anysize_tools.benchmark.targets import bare_entry, by_configuration
+from anysize_tools.benchmark.targets import bare_entry, by_configuration, like_with_like
 
 
 def judged(config: dict) -> bool:
@@ -92,3 +92,15 @@ def test_mixed_sizes_are_timed_in_turn_as_a_worker_meets_them():
     one_round = [(1, 1), (3, 1), (2, 1), (4, 2)]
     assert len(seen) >= 3 * len(one_round) and seen == one_round * (len(seen) // len(one_round))
     assert set(ms) == {"a", "b"} and all(value >= 0 for value in ms.values())
+
+
+def test_only_runs_like_the_stock_one_are_compared_with_it():
+    """The demo model's mixed-size fp32 runs go in rounds for their own served / bare figure, not to be set against
+    the stock handler's vgg16 at 224x224."""
+    served = [asdict(config) | {"name": config.name} for config in plan(list(DEFAULT_PARTS), False)["served"]]
+    results = {"served": [{"config": c, "name": c["name"], "rps": 1.0, "failures": 0, "status": 0} for c in served]}
+    compared = like_with_like(results)
+    stock = next(c for c in served if c["handler"] == "stock" and c["round"])
+    assert compared and {row["stock_name"] for row in compared} == {base_name(stock["name"])}
+    assert all(row["config"]["model"] == "vgg16" and row["config"]["workload"] == "fixed" for row in compared)
+    assert any(c["model"] == "demo" and c["round"] and c["precision"] == "fp32" for c in served)  # there to leave out

@@ -74,16 +74,22 @@ def median_rps(runs: List[dict]) -> Optional[float]:
     return statistics.median(r["rps"] for r in runs) if runs and all(map(clean, runs)) else None
 
 
+SAME_AS_STOCK = ("model", "workload", "batch", "delay", "workers", "users")
+
+
 def like_with_like(results: dict) -> List[dict]:
     """Our handler against the stock one at fp32 on the same 224x224 JPEGs, same batch size, workers and users, in
     interleaved rounds: per configuration of ours, its rounds, the stock handler's, and the ratio of the medians."""
-    def fp32_rounds(handler):
+    def fp32_rounds(handler, like=None):
         return by_configuration(results, lambda c: c.get("round", 0) > 0 and c["handler"] == handler
-                                and c.get("precision", "fp32") == "fp32")
+                                and c.get("precision", "fp32") == "fp32"
+                                and (like is None or all(c[k] == like[k] for k in SAME_AS_STOCK)))
 
     stock = next(iter(fp32_rounds("stock").values()), [])
     rows = []
-    for name, runs in fp32_rounds("ours").items():
+    # Only runs of the stock run's model, images and serving settings: other runs go in rounds for their own
+    # served / bare figure (the demo model on mixed sizes), not to be compared with vgg16 at 224x224.
+    for name, runs in (fp32_rounds("ours", stock[0]["config"]) if stock else {}).items():
         ours, theirs = median_rps(runs), median_rps(stock)
         rows.append({"name": name, "config": runs[0]["config"], "rps": [r.get("rps") for r in runs],
                      "stock_name": base_name(stock[0]["name"]) if stock else None,
