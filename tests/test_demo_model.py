@@ -195,7 +195,8 @@ def test_training_is_deterministic_on_a_tiny_run(tmp_path):
     import sys
 
     command = [sys.executable, str(REPO / "scripts" / "research" / "train_demo.py"), "--steps", "4", "--report-every", "2",
-               "--val-images", "4", "--threads", "1", "--bn-batches", "2"]  # the re-estimation too, briefly
+               "--val-images", "4", "--threads", "1", "--bn-batches", "2",  # the re-estimation too, briefly
+               "--abstain-steps", "2"]  # and stage 2
     # the two runs side by side, one core each (the same thread count, so the same kernels)
     trainings = [subprocess.Popen([*command, "--output", str(tmp_path / name)], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE) for name in ("a", "b")]

@@ -13,6 +13,10 @@ run in bfloat16 autocast on channels-last tensors (about 3x faster on this CPU t
 and an fp32 loss); the validation and the served model run in fp32. At the end the batch-norm statistics are
 re-estimated over many batches of the full spread, since the running averages remember only the last few sizes.
 
+Stage 2 (``--abstain-steps``) goes on from those weights with scenes whose shape is too small to tell, trained
+towards the uniform distribution, so that the small views of multi-scale evaluation stop voting confidently;
+``--from-weights`` runs stage 2 alone from saved stage-1 weights.
+
 Writes model_store/demo/: ``demo-vgg.pth`` (a torchvision-format state dict, so both heads and the archive builder
 take it as they take torchvision's checkpoints), ``labels.json``, ``training.json`` (settings and metrics) and
 ``MODEL_CARD.md``. Everything random (scenes, sizes, augmentation, order, initialisation) comes from ``--seed``;
@@ -56,6 +60,12 @@ CANVAS_UNITS = (48, 128)  # canvas scenes: the shape's unit (its radius is 0.16-
 PIXELS_PER_BATCH = 600_000
 MAX_BATCH = 32
 BN_BATCHES = 300  # batches of the full spread over which the final batch-norm statistics are averaged
+# Stage 2, abstaining: multi-scale evaluation feeds a large canvas at small scales too, where the shape shrinks to a
+# few pixels; a model trained only on shapes it can tell answers those views confidently and wrongly, and a
+# max-like view combination picks them. So stage 2 adds scenes whose shape is too small to tell (its unit
+# log-uniform in ABSTAIN_UNITS px: a radius of 1 to 8 px) with a uniform target, from the stage-1 weights.
+ABSTAIN_SHARE, ABSTAIN_UNITS, ABSTAIN_LR = 0.2, (5, 20), 2e-4
+STAGE2_SCENES = 1_000_000  # stage 2 draws its scenes from step STAGE2_SCENES on, which stage 1 never reaches
 # The held-out conditions printed while training: (name, width, height, canvas unit or None)
 VALIDATION = (("zoom 64", 64, 64, None), ("zoom 224", 224, 224, None), ("zoom 448", 448, 448, None),
               ("canvas 448 (112-px shapes)", 448, 448, 112), ("canvas 448 (56-px shapes)", 448, 448, 56))
@@ -82,6 +92,15 @@ def batch_plan(seed: int, step: int, steps: int) -> Tuple[int, int, int]:
     return width, height, int(np.clip(round(PIXELS_PER_BATCH / (width * height)), 2, MAX_BATCH))
 
 
+def maybe_jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """40 % of the pictures JPEG-compressed at quality 30-95 and decoded again."""
+    if rng.random() < 0.4:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=int(rng.integers(30, 96)))
+        image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return image
+
+
 def augmented_scene(seed: int, step: int, slot: int, width: int, height: int, canvas_share: float
                     ) -> Tuple[np.ndarray, int]:
     """One training picture: a scene of the train split, zoom or canvas, maybe blurred, compressed or noisy."""
@@ -96,11 +115,7 @@ def augmented_scene(seed: int, step: int, slot: int, width: int, height: int, ca
         image = image.resize((width, height), Image.Resampling.BICUBIC)
     else:
         image = render(scene, width, height, unit)
-    if rng.random() < 0.4:
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=int(rng.integers(30, 96)))
-        image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-    pixels = np.asarray(image)
+    pixels = np.asarray(maybe_jpeg(image, rng))
     if rng.random() < 0.2:
         noise = rng.normal(0, rng.uniform(2, 10), pixels.shape)
         pixels = np.clip(pixels + noise, 0, 255).astype(np.uint8)
@@ -117,6 +132,29 @@ def render_batch(job: Tuple[int, int, int]) -> Tuple[np.ndarray, np.ndarray]:
     return np.stack([p for p, _ in pictures]), np.array([label for _, label in pictures])
 
 
+def abstain_scene(seed: int, step: int, slot: int, width: int, height: int) -> Tuple[np.ndarray, int]:
+    """A scene whose shape is too small to tell, maybe JPEG-compressed and mirrored; label -1 (a uniform target)."""
+    rng = np.random.default_rng([seed, 9, step, slot])
+    scene = sample_scene(scene_generator(seed, "train", 50 * STAGE2_SCENES + step * MAX_BATCH + slot))
+    image = render(scene, width, height, log_uniform(rng, *ABSTAIN_UNITS))
+    pixels = np.asarray(maybe_jpeg(image, rng))
+    if rng.random() < 0.5:
+        pixels = pixels[:, ::-1]
+    return np.ascontiguousarray(pixels), -1
+
+
+def render_stage2_batch(job: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """A stage-2 batch: the full spread of sizes, ABSTAIN_SHARE of it abstain scenes, the rest as in stage 1."""
+    seed, step = job
+    rng = np.random.default_rng([seed, 7, step])
+    short, aspect = log_uniform(rng, *SHORT_SIDES), float(rng.choice(ASPECTS))
+    width, height = (round(short * aspect), round(short)) if aspect >= 1 else (round(short), round(short / aspect))
+    size = int(np.clip(round(PIXELS_PER_BATCH / (width * height)), 2, MAX_BATCH))
+    pictures = [abstain_scene(seed, step, slot, width, height) if rng.random() < ABSTAIN_SHARE
+                else augmented_scene(seed, STAGE2_SCENES + step, slot, width, height, 0.5) for slot in range(size)]
+    return np.stack([p for p, _ in pictures]), np.array([label for _, label in pictures])
+
+
 def render_validation(job) -> Tuple[np.ndarray, np.ndarray]:
     seed, start, count, width, height, unit = job
     images, labels = [], []
@@ -127,12 +165,13 @@ def render_validation(job) -> Tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.array(labels)
 
 
-def batches(pool: Pool, seed: int, count: int, ahead: int = 6, first: int = 0, plan_steps: int = 0):
+def batches(pool: Pool, seed: int, count: int, ahead: int = 6, first: int = 0, plan_steps: int = 0, stage: int = 1):
     """The batches of steps ``first`` to ``first + count - 1`` of a ``plan_steps``-step plan (default ``count``),
-    rendered by the pool at most ``ahead`` steps in advance (bounded memory)."""
+    rendered by the pool at most ``ahead`` steps in advance (bounded memory); ``stage`` 2: render_stage2_batch's."""
     pending = deque()
     for step in range(first, first + count):
-        pending.append(pool.apply_async(render_batch, ((seed, step, plan_steps or count),)))
+        job = (seed, step, plan_steps or count) if stage == 1 else (seed, step)
+        pending.append(pool.apply_async(render_batch if stage == 1 else render_stage2_batch, (job,)))
         if len(pending) > ahead:
             yield pending.popleft().get()
     while pending:
@@ -203,7 +242,70 @@ def initialise_like_torchvision(model: torch.nn.Module) -> None:
             torch.nn.init.zeros_(module.bias)
 
 
+def loss_of(outputs: Dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """The sum over heads of the cross-entropy with the labels (label smoothing 0.05), each picture weighted
+    equally; a picture labelled -1 (stage 2's abstain scenes) has the uniform distribution as its target."""
+    known = labels >= 0
+    loss = torch.zeros(())
+    for logits in outputs.values():
+        logits = logits.float()
+        if known.all():
+            loss = loss + F.cross_entropy(logits, labels, label_smoothing=0.05)
+            continue
+        if known.any():
+            loss = loss + F.cross_entropy(logits[known], labels[known], label_smoothing=0.05) * known.float().mean()
+        loss = loss - F.log_softmax(logits[~known], 1).mean(1).sum() / len(labels)
+    return loss
+
+
+def validation_sets(seed: int, count: int) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
+    sets = []
+    for name, width, height, unit in VALIDATION:
+        images, labels = render_validation((seed, 0, count, width, height, unit))
+        sets.append((name, torch.from_numpy(images), torch.from_numpy(labels)))
+    return sets
+
+
+def run_steps(model: torch.nn.Module, optimizer, schedule, pool: Pool, args: argparse.Namespace, steps: int,
+              stage: int, validation, started: float) -> Tuple[List[dict], int]:
+    """``steps`` optimiser steps on the stage's batches; a validation report every ``report_every`` steps."""
+    history, losses, seen = [], [], 0
+    for step, (images, labels) in enumerate(batches(pool, args.seed, steps, stage=stage)):
+        x = normalize(torch.from_numpy(images)).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            outputs = head_logits(model, x)
+        loss = loss_of(outputs, torch.from_numpy(labels))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item() / len(outputs))
+        seen += len(labels)
+        if (step + 1) % args.report_every == 0 or step + 1 == steps:
+            entry = {"step": step + 1, "images": seen, "loss": round(float(np.mean(losses)), 4),
+                     "seconds": round(time.perf_counter() - started, 1), "validation": validate(model, validation)}
+            if stage == 2:
+                entry["stage"] = 2
+            history.append(entry)
+            losses = []
+            print(json.dumps(entry), flush=True)
+    return history, seen
+
+
+def finish(model: torch.nn.Module, pool: Pool, args: argparse.Namespace, validation, history: List[dict], seen: int,
+           started: float, stage: int) -> None:
+    """Batch-norm statistics re-estimated (recalibrate_batch_norm), then a last validation report."""
+    recalibrate_batch_norm(model, pool, args.seed, args.steps, args.bn_batches)
+    entry = {"step": history[-1]["step"], "images": seen, "loss": history[-1]["loss"], "bn_batches": args.bn_batches,
+             "seconds": round(time.perf_counter() - started, 1), "validation": validate(model, validation)}
+    if stage == 2:
+        entry["stage"] = 2
+    history.append(entry)
+    print(json.dumps(entry), flush=True)
+
+
 def train(args: argparse.Namespace) -> dict:
+    """Stage 1: from torchvision's initialisation, the curriculum over sizes and backgrounds."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -217,40 +319,37 @@ def train(args: argparse.Namespace) -> dict:
     warmup = min(200, args.steps // 10 + 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(step, args.steps) / args.steps)))
-    history, losses, seen = [], [], 0
     with Pool(args.render_processes) as pool:
-        validation = []
-        for name, width, height, unit in VALIDATION:
-            images, labels = render_validation((args.seed, 0, args.val_images, width, height, unit))
-            validation.append((name, torch.from_numpy(images), torch.from_numpy(labels)))
+        validation = validation_sets(args.seed, args.val_images)
         print(f"rendered {len(VALIDATION)} x {args.val_images} validation scenes in "
               f"{time.perf_counter() - started:.0f} s; training {args.steps} steps", flush=True)
-        for step, (images, labels) in enumerate(batches(pool, args.seed, args.steps)):
-            x = normalize(torch.from_numpy(images)).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-                outputs = head_logits(model, x)
-            target = torch.from_numpy(labels)
-            loss = sum(F.cross_entropy(logits.float(), target, label_smoothing=0.05) for logits in outputs.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item() / len(outputs))
-            seen += len(labels)
-            if (step + 1) % args.report_every == 0 or step + 1 == args.steps:
-                entry = {"step": step + 1, "images": seen, "loss": round(float(np.mean(losses)), 4),
-                         "seconds": round(time.perf_counter() - started, 1),
-                         "validation": validate(model, validation)}
-                history.append(entry)
-                losses = []
-                print(json.dumps(entry), flush=True)
-        recalibrate_batch_norm(model, pool, args.seed, args.steps, args.bn_batches)
-        entry = {"step": args.steps, "images": seen, "loss": history[-1]["loss"], "bn_batches": args.bn_batches,
-                 "seconds": round(time.perf_counter() - started, 1), "validation": validate(model, validation)}
-        history.append(entry)
-        print(json.dumps(entry), flush=True)
+        history, seen = run_steps(model, optimizer, schedule, pool, args, args.steps, 1, validation, started)
+        finish(model, pool, args, validation, history, seen, started, 1)
     return {"model": model.eval().to(memory_format=torch.contiguous_format), "history": history, "images": seen,
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def abstain(model: torch.nn.Module, args: argparse.Namespace) -> dict:
+    """Stage 2 from the stage-1 weights: abstain scenes among the usual ones (render_stage2_batch), a cosine decay
+    from ABSTAIN_LR to 0, then the batch-norm statistics re-estimated as at the end of stage 1."""
+    torch.manual_seed(args.seed + 2)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    model = model.to(memory_format=torch.channels_last).train()
+    for layer in model.classifier:
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = args.dropout
+    optimizer = torch.optim.AdamW(model.parameters(), lr=ABSTAIN_LR, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (
+        1 + math.cos(math.pi * min(step, args.abstain_steps) / args.abstain_steps)))
+    with Pool(args.render_processes) as pool:
+        validation = validation_sets(args.seed, args.val_images)
+        history, seen = run_steps(model, optimizer, schedule, pool, args, args.abstain_steps, 2, validation, started)
+        finish(model, pool, args, validation, history, seen, started, 2)
+    model.eval().to(memory_format=torch.contiguous_format)
+    return {"steps": args.abstain_steps, "images": seen, "share": ABSTAIN_SHARE, "units": ABSTAIN_UNITS,
+            "lr": ABSTAIN_LR, "history": history, "seconds": round(time.perf_counter() - started, 1),
+            "torch": torch.__version__, "machine": platform.machine(), "command": " ".join(["python"] + sys.argv)}
 
 
 MODEL_CARD = """# Demo model: `demo` (a narrow VGG) trained on generated shapes at many scales
@@ -293,7 +392,7 @@ batch sizes). It took {minutes:.1f} minutes on {machine}.
 Everything random comes from the seed: two runs on the same machine and library versions give bit-identical
 weights (`tests/test_demo_model.py` checks it on a short run).
 
-## Accuracy while training (validation scenes, top-1)
+{stage2}## Accuracy while training (validation scenes, top-1)
 {history_rows}
 
 How accuracy changes with input size, aspect ratio and background for every head, aggregation and scale policy,
@@ -302,15 +401,12 @@ beside resize-and-centre-crop: `docs/resolution-study.md`. The working range the
 """
 
 
-def write_outputs(args: argparse.Namespace, result: dict) -> None:
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+def stage1_summary(args: argparse.Namespace, result: dict) -> dict:
+    """training.json's record of stage 1."""
     model = result["model"]
-    torch.save(model.state_dict(), output / "demo-vgg.pth")
-    (output / "labels.json").write_text(json.dumps(CLASSES, indent=1) + "\n")
     spec = ARCHS[ARCH]
     params = sum(p.numel() for p in model.parameters())
-    summary = {"arch": ARCH, "seed": args.seed, "training_size": training_size(spec), "steps": args.steps,
+    return {"arch": ARCH, "seed": args.seed, "training_size": training_size(spec), "steps": args.steps,
                "images": result["images"], "val_images": args.val_images, "lr": args.lr, "dropout": args.dropout,
                "threads": args.threads, "render_processes": args.render_processes, "seconds": result["seconds"],
                "short_sides": SHORT_SIDES, "aspects": ASPECTS, "canvas_units": CANVAS_UNITS,
@@ -319,6 +415,12 @@ def write_outputs(args: argparse.Namespace, result: dict) -> None:
                "final_validation": result["history"][-1]["validation"], "history": result["history"],
                "parameters": params, "torch": torch.__version__, "machine": platform.machine(),
                "command": " ".join(["python"] + sys.argv)}
+
+
+def write_outputs(output: Path, model: torch.nn.Module, summary: dict) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), output / "demo-vgg.pth")
+    (output / "labels.json").write_text(json.dumps(CLASSES, indent=1) + "\n")
     (output / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
     (output / "MODEL_CARD.md").write_text(model_card(summary, output / "demo-vgg.pth"))
     print(f"wrote {output}/demo-vgg.pth, labels.json, training.json, MODEL_CARD.md", flush=True)
@@ -331,8 +433,9 @@ def model_card(summary: dict, weights: Path) -> str:
     heads = list(summary["history"][-1]["validation"][names[0]])
     header = "| step | images | loss | " + " | ".join(f"{n}: {h}" for n in names for h in heads) + " | elapsed (s) |"
     rows = [header, "|---:|---:|---:|" + "---:|" * (len(names) * len(heads)) + "---:|"]
-    for h in summary["history"]:
-        step = f"{h['step']} + BN" if "bn_batches" in h else h["step"]
+    for h in summary["history"] + summary.get("stage2", {}).get("history", []):
+        step = ("stage 2: " if h.get("stage") == 2 else "") + (f"{h['step']} + BN" if "bn_batches" in h else
+                                                                 str(h["step"]))
         rows.append(f"| {step} | {h['images']:,} | {h['loss']:.3f} | " + " | ".join(
             f"{100 * h['validation'][n][k]:.1f}" for n in names for k in heads) + f" | {h['seconds']} |")
     short, units, first = summary["short_sides"], summary["canvas_units"], summary["first_short_sides"]
@@ -350,7 +453,34 @@ def model_card(summary: dict, weights: Path) -> str:
         dropout=summary["dropout"], threads=summary["threads"], render_processes=summary["render_processes"],
         minutes=summary["seconds"] / 60,
         machine=f"{summary['machine']} CPU ({summary['threads']} cores), torch {summary['torch']}",
-        history_rows="\n".join(rows))
+        history_rows="\n".join(rows), stage2=stage2_text(summary))
+
+
+STAGE2 = """## Stage 2: abstaining on shapes too small to tell
+Multi-scale evaluation feeds a large canvas at small scales too, where the shape shrinks to a few pixels. Trained
+only on shapes it can tell, the model answered those views confidently and wrongly, and a max-like combination of
+views picked them. Stage 2 starts from the stage-1 weights and trains {steps:,} more steps ({images:,} scenes) on
+the full spread of sizes, where {share:.0%} of the scenes are "abstain" scenes: a shape whose unit is log-uniform
+in {unit_low}-{unit_high} px (a radius of about {radius_low:.0f} to {radius_high:.0f} px) with the uniform
+distribution as its target. The rest are as in stage 1, with half of them canvas scenes. AdamW from lr {lr} with
+a cosine decay to 0, then the batch-norm statistics re-estimated as at the end of stage 1. Command: `{command}`;
+it took {minutes:.1f} minutes on {machine} (stage 1's time and machine are above). `make train-demo` runs both
+stages in one go. Its validation rows are marked "stage 2" below; their elapsed time counts from stage 2's start,
+and their loss includes the abstain scenes' cross-entropy with the uniform distribution (at least ln 10 each),
+so it does not compare with stage 1's.
+
+"""
+
+
+def stage2_text(summary: dict) -> str:
+    stage2 = summary.get("stage2")
+    if not stage2:
+        return ""
+    low, high = stage2["units"]
+    return STAGE2.format(steps=stage2["steps"], images=stage2["images"], share=stage2["share"], unit_low=low,
+                         unit_high=high, radius_low=0.16 * low, radius_high=0.42 * high, lr=stage2["lr"],
+                         command=stage2["command"], minutes=stage2["seconds"] / 60,
+                         machine=f"{stage2['machine']} CPU ({summary['threads']} cores), torch {stage2['torch']}")
 
 
 def main() -> int:
@@ -368,8 +498,25 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--render-processes", type=int, default=2)
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="directory for the weights, labels and card")
+    parser.add_argument("--abstain-steps", type=int, default=1500,
+                        help="stage 2's steps (abstain scenes among the usual ones); 0: stage 1 only")
+    parser.add_argument("--from-weights", type=Path,
+                        help="skip stage 1: run stage 2 from these stage-1 weights, whose training.json (beside "
+                             "them) is kept as the record of stage 1")
     args = parser.parse_args()
-    write_outputs(args, train(args))
+    if args.from_weights:
+        summary = json.loads((args.from_weights.parent / "training.json").read_text())
+        if "stage2" in summary:
+            parser.error(f"{args.from_weights} already went through stage 2")
+        model = build_model(ARCH, "adaptive", num_classes=len(CLASSES))
+        model.load_state_dict(torch.load(args.from_weights, map_location="cpu", weights_only=True))
+    else:
+        result = train(args)
+        model, summary = result["model"], stage1_summary(args, result)
+    if args.abstain_steps:
+        summary = {**summary, "stage2": abstain(model, args)}
+        summary["final_validation"] = summary["stage2"]["history"][-1]["validation"]
+    write_outputs(Path(args.output), model, summary)
     return 0
 
 
