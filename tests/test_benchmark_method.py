@@ -104,3 +104,9 @@ def test_only_runs_like_the_stock_one_are_compared_with_it():
     assert compared and {row["stock_name"] for row in compared} == {base_name(stock["name"])}
     assert all(row["config"]["model"] == "vgg16" and row["config"]["workload"] == "fixed" for row in compared)
     assert any(c["model"] == "demo" and c["round"] and c["precision"] == "fp32" for c in served)  # there to leave out
+    ours = next(c for c in served if c["name"] == compared[0]["name"] + "-r1")
+    for field, other in (("users", ours["users"] + 1), ("processes", 4), ("batch", 8)):
+        changed = ours | {field: other, "name": f"{field}-changed-r1"}
+        more = {"served": results["served"] + [{"config": changed, "name": changed["name"], "rps": 1.0,
+                                                "failures": 0, "status": 0}]}
+        assert {row["name"] for row in like_with_like(more)} == {row["name"] for row in compared}, field

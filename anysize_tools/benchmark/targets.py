@@ -74,7 +74,7 @@ def median_rps(runs: List[dict]) -> Optional[float]:
     return statistics.median(r["rps"] for r in runs) if runs and all(map(clean, runs)) else None
 
 
-SAME_AS_STOCK = ("model", "workload", "batch", "delay", "workers", "users")
+SAME_AS_STOCK = ("model", "workload", "batch", "delay", "workers", "users", "processes")
 
 
 def like_with_like(results: dict) -> List[dict]:
@@ -83,7 +83,7 @@ def like_with_like(results: dict) -> List[dict]:
     def fp32_rounds(handler, like=None):
         return by_configuration(results, lambda c: c.get("round", 0) > 0 and c["handler"] == handler
                                 and c.get("precision", "fp32") == "fp32"
-                                and (like is None or all(c[k] == like[k] for k in SAME_AS_STOCK)))
+                                and (like is None or all(c.get(k) == like.get(k) for k in SAME_AS_STOCK)))
 
     stock = next(iter(fp32_rounds("stock").values()), [])
     rows = []

@@ -57,8 +57,11 @@ def kept_pass_limit(max_pixels: int, first_layer_channels: int, autocast: bool =
     pixels a pass on a CPU may stack. In fp32 always. In bf16 (``autocast``) only for a model whose weights are
     under the kept size: a bf16 pass computes fast enough that stacking pays by reading large weights once for
     many images (vgg16 at 224 px: eight per pass beat two), while a small model has nothing to amortise and only
-    maps and faults in its big buffers afresh (the demo model's bf16 views: a third slower per image).
-    docs/design-figures.json, part ``stacking``, measures both."""
+    maps and faults in its big buffers afresh (the demo model's bf16 views: a third slower per image). The limit is
+    the same number of pixels as in fp32 although a bf16 activation is half the bytes: in this project's trial on
+    the mixed workload, twice the pixels per pass was slower. The weight cut only separates the models measured
+    (a few MB against hundreds); ``autocast`` is any reduced precision (bf16, fp16). docs/design-figures.json, part
+    ``stacking``, measures both models."""
     if not buffers_kept() or (autocast and weight_bytes > MMAP_THRESHOLD):
         return max_pixels
     return min(max_pixels, kept_pass_pixels(first_layer_channels))

@@ -63,9 +63,12 @@ BN_BATCHES = 300  # batches of the full spread over which the final batch-norm s
 # Stage 2, abstaining: multi-scale evaluation feeds a large canvas at small scales too, where the shape shrinks to a
 # few pixels; a model trained only on shapes it can tell answers those views confidently and wrongly, and a
 # max-like view combination picks them. So stage 2 adds scenes whose shape is too small to tell (its unit
-# log-uniform in ABSTAIN_UNITS px: a radius of 1 to 8 px) with a uniform target, from the stage-1 weights.
+# log-uniform in ABSTAIN_UNITS px: a radius of 1 to 8 px) with a uniform target, from the stage-1 weights. The top
+# of that range touches the smallest labelled shapes (radius 0.16 x 48 = 7.7 px): a thin band gets both targets.
 ABSTAIN_SHARE, ABSTAIN_UNITS, ABSTAIN_LR = 0.2, (5, 20), 2e-4
-STAGE2_SCENES = 1_000_000  # stage 2 draws its scenes from step STAGE2_SCENES on, which stage 1 never reaches
+# Stage 2 draws its labelled scenes from step STAGE2_SCENES on (scene indices from 3.2e7), which stage 1 never
+# reaches, and its abstain scenes from index 50 x STAGE2_SCENES (5e7), clear of both.
+STAGE2_SCENES = 1_000_000
 # The held-out conditions printed while training: (name, width, height, canvas unit or None)
 VALIDATION = (("zoom 64", 64, 64, None), ("zoom 224", 224, 224, None), ("zoom 448", 448, 448, None),
               ("canvas 448 (112-px shapes)", 448, 448, 112), ("canvas 448 (56-px shapes)", 448, 448, 56))
@@ -349,6 +352,7 @@ def abstain(model: torch.nn.Module, args: argparse.Namespace) -> dict:
     model.eval().to(memory_format=torch.contiguous_format)
     return {"steps": args.abstain_steps, "images": seen, "share": ABSTAIN_SHARE, "units": ABSTAIN_UNITS,
             "lr": ABSTAIN_LR, "history": history, "seconds": round(time.perf_counter() - started, 1),
+            "threads": args.threads,
             "torch": torch.__version__, "machine": platform.machine(), "command": " ".join(["python"] + sys.argv)}
 
 
@@ -387,8 +391,8 @@ weight decay 5e-4, torchvision's VGG initialisation), dropout {dropout} in the c
 cross-entropies on one pass through the trunk: the adaptive head's logits and the fcn head's class-score map
 averaged and maxed over positions, so both heads and both aggregations are trained. {threads} torch threads and
 {render_processes} rendering processes. At the end the batch-norm statistics are re-estimated as plain averages over
-{bn_batches} fresh batches of the full spread (the last row below; the running averages remember only the last few
-batch sizes). It took {minutes:.1f} minutes on {machine}.
+{bn_batches} fresh batches of the full spread (the `{steps} + BN` row below; the running averages remember only the
+last few batch sizes). It took {minutes:.1f} minutes on {machine}.
 Everything random comes from the seed: two runs on the same machine and library versions give bit-identical
 weights (`tests/test_demo_model.py` checks it on a short run).
 
@@ -465,7 +469,7 @@ in {unit_low}-{unit_high} px (a radius of about {radius_low:.0f} to {radius_high
 distribution as its target. The rest are as in stage 1, with half of them canvas scenes. AdamW from lr {lr} with
 a cosine decay to 0, then the batch-norm statistics re-estimated as at the end of stage 1. Command: `{command}`;
 it took {minutes:.1f} minutes on {machine} (stage 1's time and machine are above). `make train-demo` runs both
-stages in one go. Its validation rows are marked "stage 2" below; their elapsed time counts from stage 2's start,
+stages in one go; stage 1 alone is `--abstain-steps 0` (its command above was recorded before stage 2 existed). Its validation rows are marked "stage 2" below; their elapsed time counts from stage 2's start,
 and their loss includes the abstain scenes' cross-entropy with the uniform distribution (at least ln 10 each),
 so it does not compare with stage 1's.
 
@@ -480,7 +484,8 @@ def stage2_text(summary: dict) -> str:
     return STAGE2.format(steps=stage2["steps"], images=stage2["images"], share=stage2["share"], unit_low=low,
                          unit_high=high, radius_low=0.16 * low, radius_high=0.42 * high, lr=stage2["lr"],
                          command=stage2["command"], minutes=stage2["seconds"] / 60,
-                         machine=f"{stage2['machine']} CPU ({summary['threads']} cores), torch {stage2['torch']}")
+                         machine=f"{stage2['machine']} CPU ({stage2.get('threads', summary['threads'])} cores), "
+                                 f"torch {stage2['torch']}")
 
 
 def main() -> int:
@@ -504,10 +509,17 @@ def main() -> int:
                         help="skip stage 1: run stage 2 from these stage-1 weights, whose training.json (beside "
                              "them) is kept as the record of stage 1")
     args = parser.parse_args()
+    if args.abstain_steps < 0 or (args.from_weights and not args.abstain_steps):
+        parser.error("--abstain-steps must be positive with --from-weights, and never negative")
     if args.from_weights:
-        summary = json.loads((args.from_weights.parent / "training.json").read_text())
+        record = args.from_weights.parent / "training.json"
+        if not record.is_file():
+            parser.error(f"--from-weights needs stage 1's training.json beside the weights: {record}")
+        summary = json.loads(record.read_text())
         if "stage2" in summary:
             parser.error(f"{args.from_weights} already went through stage 2")
+        for name in ("seed", "steps", "precision", "dropout", "val_images", "bn_batches"):
+            setattr(args, name, summary[name])  # stage 2 goes on with stage 1's settings, as a combined run would
         model = build_model(ARCH, "adaptive", num_classes=len(CLASSES))
         model.load_state_dict(torch.load(args.from_weights, map_location="cpu", weights_only=True))
     else:
