@@ -90,7 +90,12 @@ def batch_plan(seed: int, step: int, steps: int) -> Tuple[int, int, int]:
     low, high = (math.exp((1 - done) * math.log(first) + done * math.log(last))
                  for first, last in zip(FIRST_SHORT_SIDES, SHORT_SIDES))
     short = log_uniform(rng, low, high)
-    aspect = float(rng.choice(ASPECTS))
+    return batch_shape(short, float(rng.choice(ASPECTS)))
+
+
+def batch_shape(short: float, aspect: float) -> Tuple[int, int, int]:
+    """(width, height, batch size) of a batch whose shorter side is ``short`` and width / height ``aspect``: about
+    PIXELS_PER_BATCH pixels in all."""
     width, height = (round(short * aspect), round(short)) if aspect >= 1 else (round(short), round(short / aspect))
     return width, height, int(np.clip(round(PIXELS_PER_BATCH / (width * height)), 2, MAX_BATCH))
 
@@ -150,9 +155,8 @@ def render_stage2_batch(job: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
     """A stage-2 batch: the full spread of sizes, ABSTAIN_SHARE of it abstain scenes, the rest as in stage 1."""
     seed, step = job
     rng = np.random.default_rng([seed, 7, step])
-    short, aspect = log_uniform(rng, *SHORT_SIDES), float(rng.choice(ASPECTS))
-    width, height = (round(short * aspect), round(short)) if aspect >= 1 else (round(short), round(short / aspect))
-    size = int(np.clip(round(PIXELS_PER_BATCH / (width * height)), 2, MAX_BATCH))
+    short = log_uniform(rng, *SHORT_SIDES)
+    width, height, size = batch_shape(short, float(rng.choice(ASPECTS)))
     pictures = [abstain_scene(seed, step, slot, width, height) if rng.random() < ABSTAIN_SHARE
                 else augmented_scene(seed, STAGE2_SCENES + step, slot, width, height, 0.5) for slot in range(size)]
     return np.stack([p for p, _ in pictures]), np.array([label for _, label in pictures])
@@ -307,6 +311,13 @@ def finish(model: torch.nn.Module, pool: Pool, args: argparse.Namespace, validat
     print(json.dumps(entry), flush=True)
 
 
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """The classifier's dropout probability: VGG's 0.5 starves a 128-wide classifier; inert at eval anyway."""
+    for layer in model.classifier:
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = p
+
+
 def train(args: argparse.Namespace) -> dict:
     """Stage 1: from torchvision's initialisation, the curriculum over sizes and backgrounds."""
     torch.manual_seed(args.seed)
@@ -315,9 +326,7 @@ def train(args: argparse.Namespace) -> dict:
     model = build_model(ARCH, "adaptive", num_classes=len(CLASSES)).train()
     initialise_like_torchvision(model)
     model = model.to(memory_format=torch.channels_last)
-    for layer in model.classifier:
-        if isinstance(layer, torch.nn.Dropout):  # VGG's 0.5 starves a 128-wide classifier; inert at eval anyway
-            layer.p = args.dropout
+    set_dropout(model, args.dropout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
     warmup = min(200, args.steps // 10 + 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
@@ -339,9 +348,7 @@ def abstain(model: torch.nn.Module, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model = model.to(memory_format=torch.channels_last).train()
-    for layer in model.classifier:
-        if isinstance(layer, torch.nn.Dropout):
-            layer.p = args.dropout
+    set_dropout(model, args.dropout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=ABSTAIN_LR, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (
         1 + math.cos(math.pi * min(step, args.abstain_steps) / args.abstain_steps)))
