@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup serve stop test docs-check loadtest bench benchmark bench-sweep soak kill-worker params archive train-demo study image image-test \
+.PHONY: setup serve stop test docs-check loadtest bench benchmark bench-sweep soak kill-worker params archive train-demo study heatmaps image image-test \
 	wheelhouse base-image scan clean
 
 setup: $(INSTALLED)
@@ -84,6 +84,10 @@ train-demo: $(INSTALLED)
 # model_store/demo/demo-vgg.serving.json).
 study: $(INSTALLED)
 	$(PY) scripts/research/resolution_study.py
+
+# Class-score heatmaps of five probe pictures through the service's request path (docs/heatmaps.{json,png}).
+heatmaps: $(INSTALLED)
+	$(PY) scripts/research/heatmap_figure.py
 
 # Container images (docs/deploy.md): the server, the Locust load generator and the compose stack's HAProxy.
 # BASE_IMAGE: any Debian bookworm image with apt; `make base-image` makes one with debootstrap where there is no

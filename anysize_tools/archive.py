@@ -148,6 +148,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> ArchiveSpec:
     option = handler.add_argument
     option("--topk", type=int)
     option("--max-pixels", type=int, help=f"largest input fed unresized (default {defaults['max_pixels']:,})")
+    option("--max-images", type=int, help=f"images one request may hold (default {defaults['max_images']})")
+    option("--max-request-pixels", type=int, help=f"pixels the images of one request may declare in all "
+                                                  f"(default {defaults['max_request_pixels']:,})")
     option("--precision", choices=PRECISIONS, help=f"default {defaults['precision']}")
     option("--channels-last", action="store_const", const=True)
     option("--cpu-threads", type=int, help="torch threads per worker on CPU (default 0: the cores divided by "

@@ -40,6 +40,20 @@ class Case:
     content_type: Optional[str] = "application/octet-stream"
     multipart: Optional[Dict[str, Tuple[str, str]]] = None  # field -> (file name or "" for a text field, ctype)
     input_size: Optional[Tuple[int, int]] = None  # [H, W] the network must see, for 200 answers
+    # (status, error) when these bytes are one image inside a JSON, OIP or several-file request, where no content
+    # type applies to them; None: the same as status and error
+    embedded: Optional[Tuple[int, Optional[str]]] = None
+
+    @property
+    def as_image(self) -> Tuple[int, Optional[str]]:
+        return self.embedded or (self.status, self.error)
+
+    @property
+    def travels_as_image(self) -> bool:
+        """Whether the case is about its bytes, so it can travel as one image of a several-image request: not
+        about its transport (multipart layout, form encoding, a body TorchServe's frontend refuses)."""
+        return self.multipart is None and (self.error is not None or self.status == 200) and \
+            self.content_type not in ("multipart/form-data", "application/x-www-form-urlencoded")
 
     def body(self) -> bytes:
         return self.make_body()
@@ -160,8 +174,8 @@ def cases() -> List[Case]:
         # ---- not images at all
         Case("empty-body", "no bytes", 400, "empty_body", lambda: b""),
         Case("plain-text", "text/plain prose", 400, "not_an_image", lambda: b"hello, classifier", "text/plain"),
-        Case("json", "a JSON document", 400, "not_an_image", lambda: b'{"url": "http://example.com/cat.jpg"}',
-             "application/json"),
+        Case("json", "a JSON document that is no request form (request_formats)", 400, "bad_json_body",
+             lambda: b'{"url": "http://example.com/cat.jpg"}', "application/json", embedded=(400, "not_an_image")),
         Case("html", "an HTML page", 400, "not_an_image",
              lambda: b"<!DOCTYPE html><html><body><img src=cat.jpg></body></html>", "text/html"),
         Case("random-bytes", "4 KB of random bytes", 400, "not_an_image",

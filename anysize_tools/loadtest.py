@@ -107,6 +107,9 @@ def main() -> int:
     parser.add_argument("--key-file", type=Path, default=SERVE_KEY_FILE, help="TorchServe's key_file.json")
     parser.add_argument("--image-cache", type=Path, default=DEFAULT_CACHE, help="generated images (made if missing)")
     parser.add_argument("--output", type=Path, default=None, help="run directory (default: a new timestamp)")
+    parser.add_argument("--request-form", default="raw", choices=("raw", "oip-json", "oip-binary", "instances"),
+                        help="how the images travel (the locustfile's --request-form)")
+    parser.add_argument("--images-per-request", type=int, default=1, help="for the oip-* and instances forms")
     args = parser.parse_args()
 
     host = (args.host or default_host()).rstrip("/")
@@ -117,8 +120,11 @@ def main() -> int:
     run_dir = args.output or RESULTS / time.strftime("%Y%m%d-%H%M%S")
     print(f"[loadtest] {args.users} users on {args.model} ({args.workload}) for {args.duration} -> {run_dir}",
           flush=True)
+    form = {"request_form": args.request_form, "images_per_request": args.images_per_request}
     status, table = run_load_test(host, args.model, args.workload, args.users, args.spawn_rate, args.duration,
-                                  run_dir, args.key_file, args.processes, args.image_cache)
+                                  run_dir, args.key_file, args.processes, args.image_cache, extra=form,
+                                  locust_args=("--request-form", args.request_form,
+                                               "--images-per-request", str(args.images_per_request)))
     print((run_dir / "summary.md").read_text())
     print(f"[loadtest] report: {run_dir / 'summary.md'} (Locust's log: {run_dir / 'locust.log'})")
     if status != 0:

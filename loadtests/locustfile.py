@@ -1,9 +1,11 @@
-"""Locust load test for /predictions/<model>: closed-loop users POST cached images of one workload profile.
+"""Locust load test for /predictions/<model> (or the other request forms): closed-loop users POST cached images of
+one workload profile.
 
 Run through `make loadtest` (loadtests/loadtest.py adds the report), or directly, e.g.
 
     locust -f loadtests/locustfile.py --headless -u 4 -r 2 -t 30s --host http://127.0.0.1:8080 \
         --model demo-fcn --workload mixed
+    ... --request-form oip-binary --images-per-request 4     # the same images through OIP v2, four per request
 
 Each resolution class is its own request name, so Locust's statistics give latency per resolution. A request
 counts as failed unless it gets 200 with a JSON body holding predictions. With --bad-share P, a request is with
@@ -14,7 +16,10 @@ read from --key-file (TorchServe's key_file.json; `make serve` writes .serve/key
 
 from __future__ import annotations
 
+import base64
+import json
 import random
+import struct
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -28,6 +33,35 @@ from anysize_tools.workloads import DEFAULT_CACHE, PROFILES, CachedImage, load_i
 DEFAULT_KEY_FILE = SERVE_DIR / "key_file.json"
 
 
+def raw_request(bodies: List[bytes], content_type: str) -> Tuple[bytes, Dict[str, str]]:
+    return bodies[0], {"Content-Type": content_type}
+
+
+def oip_json_request(bodies: List[bytes], content_type: str) -> Tuple[bytes, Dict[str, str]]:
+    document = {"inputs": [{"name": "images", "shape": [len(bodies)], "datatype": "BYTES",
+                            "data": [base64.b64encode(body).decode() for body in bodies]}]}
+    return json.dumps(document).encode(), {"Content-Type": "application/json"}
+
+
+def oip_binary_request(bodies: List[bytes], content_type: str) -> Tuple[bytes, Dict[str, str]]:
+    blob = b"".join(struct.pack("<I", len(body)) + body for body in bodies)
+    header = json.dumps({"inputs": [{"name": "images", "shape": [len(bodies)], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    return header + blob, {"Content-Type": "application/octet-stream",
+                           "Inference-Header-Content-Length": str(len(header))}
+
+
+def instances_request(bodies: List[bytes], content_type: str) -> Tuple[bytes, Dict[str, str]]:
+    document = {"instances": [{"b64": base64.b64encode(body).decode()} for body in bodies]}
+    return json.dumps(document).encode(), {"Content-Type": "application/json"}
+
+
+# form -> (path under the model, body builder): the body and headers are built per request, as a client would
+FORMS = {"raw": ("/predictions/{model}", raw_request), "oip-json": ("/v2/models/{model}/infer", oip_json_request),
+         "oip-binary": ("/v2/models/{model}/infer", oip_binary_request),
+         "instances": ("/predictions/{model}", instances_request)}
+
+
 @events.init_command_line_parser.add_listener
 def add_arguments(parser):
     parser.add_argument("--model", default="demo-fcn", help="model name in /predictions/<model>")
@@ -35,6 +69,12 @@ def add_arguments(parser):
                         help="probability that a request is a hostile-corpus case instead of a workload image")
     parser.add_argument("--workload", default="mixed", choices=sorted(PROFILES),
                         help="workload profile (Locust's own --profile only tags a run)")
+    parser.add_argument("--request-form", default="raw", choices=sorted(FORMS),
+                        help="how images travel (request_formats.py): raw body on /predictions; oip-json (base64) "
+                             "or oip-binary (binary extension) on /v2/models/<model>/infer; instances (a JSON list "
+                             "of base64 images on /predictions, --images-per-request of them)")
+    parser.add_argument("--images-per-request", type=int, default=1,
+                        help="images in one request of the oip-* and instances forms")
     # Empty defaults resolve on the machine that runs the users: in distributed mode the master sends its option
     # values to every worker, and its absolute paths need not exist on another machine.
     parser.add_argument("--image-cache", default="",
@@ -64,7 +104,11 @@ def check(response) -> None:
         answer = response.json()
     except ValueError:
         answer = None
-    if isinstance(answer, dict) and "predictions" in answer:
+    if isinstance(answer, list):  # several images: every item answered
+        good = bool(answer) and all(isinstance(item, dict) and item.get("predictions") for item in answer)
+    elif isinstance(answer, dict) and "outputs" in answer:  # OIP v2
+        good = any(output.get("name") == "probabilities" and output.get("data") for output in answer["outputs"])
+    elif isinstance(answer, dict) and "predictions" in answer:
         good = isinstance(answer["predictions"], list) and bool(answer["predictions"])
     else:
         good = isinstance(answer, dict) and bool(answer) and all(isinstance(v, float) for v in answer.values())
@@ -107,7 +151,10 @@ class ClassifierUser(FastHttpUser):
 
     def on_start(self):
         options = self.environment.parsed_options
-        self.path = f"/predictions/{options.model}"
+        self.path = f"/predictions/{options.model}"  # the hostile corpus always goes here, as raw bodies
+        form_path, self.build = FORMS[options.request_form]
+        self.form_path = form_path.format(model=options.model)
+        self.per_request = max(1, options.images_per_request) if options.request_form != "raw" else 1
         self.images = images_for(options.workload, options.image_cache or str(DEFAULT_CACHE))
         self.kinds = sorted(self.images)
         self.bad_share = options.bad_share
@@ -123,7 +170,8 @@ class ClassifierUser(FastHttpUser):
                 check_case(response, case)
             return
         kind = random.choice(self.kinds)
-        entry, body = random.choice(self.images[kind])
-        headers = {"Content-Type": entry.content_type, **self.auth}
-        with self.client.post(self.path, data=body, headers=headers, name=kind, catch_response=True) as response:
+        chosen = [random.choice(self.images[kind]) for _ in range(self.per_request)]
+        body, headers = self.build([body for _, body in chosen], chosen[0][0].content_type)
+        with self.client.post(self.form_path, data=body, headers={**headers, **self.auth}, name=kind,
+                              catch_response=True) as response:
             check(response)

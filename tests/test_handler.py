@@ -9,7 +9,8 @@ import torch
 import yaml
 from helpers import MockContext, decode_rgb, encode, make_photo, reference_probabilities
 
-from anysize.handler import SizeAgnosticVGGHandler, request_body
+from anysize.handler import SizeAgnosticVGGHandler
+from anysize.request_formats import single_image
 from anysize.weights import imagenet_categories
 
 
@@ -55,7 +56,7 @@ def test_bad_requests_do_not_affect_good_ones_in_the_same_batch(handler, vgg11_r
         {"file": encode(make_photo(80, 40, seed=7), "WEBP", lossless=True)},
     ]
     answers, statuses = run(handler, rows)
-    expected_errors = {1: (400, "empty_body"), 2: (400, "not_an_image"), 3: (400, "not_an_image"),
+    expected_errors = {1: (400, "empty_body"), 2: (400, "not_an_image"), 3: (400, "bad_json_body"),
                        4: (400, "corrupt_image"), 5: (400, "missing_field")}
     for index, (status, code) in expected_errors.items():
         assert statuses[index] == (status, code)
@@ -109,9 +110,9 @@ def test_response_names_model_arch_head_and_weights(handler):
 
 
 def test_request_body_prefers_data_then_file_then_raw_body():
-    assert request_body({"file": b"f", "data": b"d", "body": b"b"}) == b"d"
-    assert request_body({"file": b"f", "body": b"b"}) == b"f"
-    assert request_body({"body": bytearray(b"b"), "topk": "3"}) == b"b"
+    assert single_image({"file": b"f", "data": b"d", "body": b"b"}) == b"d"
+    assert single_image({"file": b"f", "body": b"b"}) == b"f"
+    assert single_image({"body": bytearray(b"b"), "topk": "3"}) == b"b"
 
 
 def test_model_config_written_by_the_builder_is_accepted(tmp_path):

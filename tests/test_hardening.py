@@ -7,8 +7,10 @@ must get exactly the answer it got before any bad input arrived.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -115,6 +117,48 @@ def test_the_corpus_sent_with_every_option_gets_the_same_answers(server, referen
         if case.status == 200:
             assert answer.json()["scale_policy"] == "multi-scale" and len(answer.json()["predictions"]) == 3
     assert same_answer(good_answer(server), reference)
+
+
+def test_the_corpus_inside_every_several_image_form_fails_only_its_own_image(server, reference):
+    """Each case whose point is its bytes travels as the second image of a request beside the good one: in JSON
+    instances, in multipart files and through OIP v2 (base64 and binary). The case's image gets its documented
+    status and error (OIP, which has no per-image error, refuses the request with it); the good image keeps its
+    answer; and the server answers the next plain request as before."""
+    good64 = base64.b64encode(GOOD).decode()
+    inference = server.url("inference")
+    for case in [case for case in CASES if case.travels_as_image]:
+        status, error = case.as_image
+        body = case.body()
+        started = time.monotonic()
+        listed = post(server, json={"instances": [{"b64": good64}, {"b64": base64.b64encode(body).decode()}]})
+        files = post(server, files={"first": ("good.png", GOOD, "image/png"),
+                                    "second": ("case.bin", body, "application/octet-stream")})
+        for answer in (listed, files):
+            assert answer.status_code == 200, (case.name, answer.text[:300])
+            items = answer.json()
+            assert same_answer(items[0], reference), case.name
+            if status == 200:
+                assert items[1]["predictions"], case.name
+            else:
+                assert (items[1]["status"], items[1]["error"]) == (status, error), (case.name, items[1])
+        blob = b"".join(struct.pack("<I", len(image)) + image for image in (GOOD, body))
+        header = json.dumps({"inputs": [{"name": "images", "shape": [2], "datatype": "BYTES",
+                                         "parameters": {"binary_data_size": len(blob)}}]}).encode()
+        binary = requests.post(f"{inference}/v2/models/demo-fcn/infer", data=header + blob, timeout=RESPONSE_TIMEOUT,
+                               headers={**server.headers("inference"),
+                                        "Inference-Header-Content-Length": str(len(header))})
+        document = {"inputs": [{"name": "images", "shape": [2], "datatype": "BYTES",
+                                "data": [good64, base64.b64encode(body).decode()]}]}
+        in_json = requests.post(f"{inference}/v2/models/demo-fcn/infer", json=document, timeout=RESPONSE_TIMEOUT,
+                                headers=server.headers("inference"))
+        for answer in (binary, in_json):
+            assert answer.status_code == status, (case.name, answer.text[:300])
+            if status == 200:
+                assert answer.json()["outputs"][0]["shape"][0] == 2, case.name
+            else:
+                assert answer.json()["error"].startswith(f"{error}: image 1 of 2"), (case.name, answer.text[:300])
+        assert time.monotonic() - started < 4 * RESPONSE_TIMEOUT, case.name
+        assert same_answer(good_answer(server), reference), case.name
 
 
 def test_bad_inputs_mixed_into_batches_leave_the_good_ones_alone(server, reference):

@@ -106,6 +106,17 @@ def test_distributed_load_test_runs_from_one_command(demo_server, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("form, per_request", [("oip-json", 1), ("oip-binary", 2), ("instances", 2)])
+def test_load_test_profiles_for_oip_and_several_images_per_request(demo_server, tmp_path, form, per_request):
+    finished, output = run_loadtest(demo_server, tmp_path, "--workload", "fixed", "--request-form", form,
+                                    "--images-per-request", str(per_request), duration="8s")
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert_complete_report(output, "fixed")
+    run = json.loads((output / "run.json").read_text())
+    assert (run["request_form"], run["images_per_request"]) == (form, per_request)
+
+
+@pytest.mark.integration
 def test_failed_requests_make_the_run_fail_and_are_reported(demo_server, tmp_path):
     finished, output = run_loadtest(demo_server, tmp_path, "--workload", "fixed", model="no-such-model",
                                     duration="3s")

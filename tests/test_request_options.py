@@ -8,7 +8,8 @@ import json
 import pytest
 from helpers import MockContext, demo_model_dir, encode, make_photo
 
-from anysize.handler import BODY_FIELDS, SizeAgnosticVGGHandler
+from anysize.handler import SizeAgnosticVGGHandler
+from anysize.request_formats import BODY_FIELDS
 from anysize.request_errors import RequestError
 from anysize.request_options import RequestOptions, option_header, parse_options
 

@@ -98,7 +98,7 @@ def test_concurrent_requests_are_batched_and_answered_as_singles(server, vgg11_r
 BAD_INPUTS = [  # (body, extra headers, status, error code)
     (b"", {}, 400, "empty_body"),
     (b"this is not an image", {"Content-Type": "text/plain"}, 400, "not_an_image"),
-    (b'{"url": "http://example.com/cat.jpg"}', {"Content-Type": "application/json"}, 400, "not_an_image"),
+    (b'{"url": "http://example.com/cat.jpg"}', {"Content-Type": "application/json"}, 400, "bad_json_body"),
     (encode(make_photo(300, 200), "JPEG")[:2000], {}, 400, "corrupt_image"),
     (b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', {}, 415, "unsupported_format"),
 ]

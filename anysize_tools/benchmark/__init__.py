@@ -2,8 +2,10 @@
 
 - plan: the parts, the served configurations (`Served`), their weights and the plan for this machine.
 - bare: bare-model timing (the handler's forward pass with no server) and the decoder comparison.
-- served: served runs (an archive per configuration, ours or the stock handler's; warm-up; Locust; log breakdown).
-- targets: issue 7's targets and their evaluation (`bare_share`, `best_run`, `targets`).
+- served: served runs (an archive per configuration, ours or the stock handler's; warm-up; Locust; log breakdown),
+  and the forms part's runs, every request form against one server.
+- targets: issue 7's targets and their evaluation (`bare_share`, `best_run`, `targets`), and issue 16's on the
+  request forms (`form_costs`, `form_targets`).
 - render: the Markdown rendering of docs/benchmarks.md and docs/batching-sweep.md.
 - cli: argument parsing and `main`.
 """

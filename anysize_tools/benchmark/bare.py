@@ -89,7 +89,8 @@ def bare_model(model: str, head: str, workload: str, batches: List[int], scratch
 
     def view_groups(body: bytes) -> List[List["torch.Tensor"]]:
         """The image's views as the handler forms its passes: same-size views together."""
-        views = [pixels.to(device) for _, pixels in classifier.expand([classifier.decode(body, defaults)], [defaults])]
+        decoded = [classifier.decode(body, defaults)]
+        views = [view.pixels.to(device) for view in classifier.expand(decoded, [defaults])]
         return [[views[i] for i in chunk] for chunk in classifier.group(views)]
 
     def image_seconds(groups, batch: int, seconds_each: float, pause: float = 0.0) -> float:

@@ -14,9 +14,9 @@ from .. import answer_effects
 from ..loadtest import machine_description
 from ..paths import DOCS, REPO, RESULTS
 from .bare import bare_model, decode_comparison, gpu_description
-from .plan import DEFAULT_PARTS, PARTS, bare_key, plan
+from .plan import DEFAULT_PARTS, IMAGES_PER_REQUEST, PARTS, bare_key, plan
 from .render import write_doc
-from .served import served_run
+from .served import failed_run, forms_runs, served_run
 from .targets import summary, targets
 
 DOC_DATA = DOCS / "benchmarks.json"  # the numbers behind the doc, so it can be re-rendered from git
@@ -30,6 +30,7 @@ at 224x224 and on mixed sizes, plus what the fast-path options do to answers; it
     python loadtests/benchmark.py --parts served --match vgg16 --duration 30     # a part, without touching docs
     python loadtests/benchmark.py --parts sweep --doc                            # the batching sweep (40 minutes)
     python loadtests/benchmark.py --parts answers --merge docs/benchmarks.json   # re-measure a no-server part
+    python loadtests/benchmark.py --parts forms --merge docs/benchmarks.json     # the request forms (issue 16)
     python loadtests/benchmark.py --render docs/benchmarks.json                  # re-render docs/benchmarks.md
     python loadtests/benchmark.py --render docs/batching-sweep.json              # ... docs/batching-sweep.md
 
@@ -43,7 +44,9 @@ request's queue wait and the worker's time for its batch, the handler logs each 
 The bare model is the handler's own ImageClassifier.forward (same model, precision, memory format,
 normalisation) on images decoded beforehand from the same cached files, with no server. The stock handler is
 TorchServe's built-in ``image_classifier`` (resize 256, centre-crop 224) serving the same VGG16 weights through a
-torchvision model file. Results go to results.json; a run of the default parts also copies them to
+torchvision model file. The forms part (not in `make bench`) runs vgg16-fcn fp32 at 224x224 under each request form
+(raw body, OIP v2 JSON and binary, instances), interleaved in rounds against one TorchServe, and checks issue 16's
+target on their cost against the raw body. Results go to results.json; a run of the default parts also copies them to
 docs/benchmarks.json and renders docs/benchmarks.md from them, keeping its hand-written "## Reading".
 """
 
@@ -55,7 +58,9 @@ def bare_matches(bare, match: str) -> bool:
     return match in key or match.startswith(key)
 
 
-MERGEABLE = ("decode", "answers")  # measured without a server: re-measuring them leaves the served runs' meaning
+# Measured apart from the served and bare runs (without a server, or the forms part: its runs are compared only with
+# each other, against its own server): re-measuring them leaves the served runs' meaning.
+MERGEABLE = ("decode", "answers", "forms")
 
 
 def no_server_parts(parts) -> dict:
@@ -68,19 +73,58 @@ def no_server_parts(parts) -> dict:
     return results
 
 
-def merge_parts(published: Path, parts) -> int:
-    """Re-measure no-server parts into a published results.json; its meta lists each re-measurement."""
+def command() -> str:
+    return " ".join(["python loadtests/benchmark.py", *sys.argv[1:]])
+
+
+def new_results_dir() -> Path:
+    """Where a sitting's Locust reports and results.json go (not committed)."""
+    out_dir = RESULTS / time.strftime("benchmark-%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True)
+    return out_dir
+
+
+def sitting(out_dir: Path) -> dict:
+    """What a sitting records about itself: machine, versions, GPU, command, where its reports went, date."""
+    from importlib.metadata import version  # importing locust here would monkey-patch this process with gevent
+
+    import torch
+
+    return {"machine": machine_description(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "torchserve": version("torchserve"), "locust": version("locust"), "gpu": gpu_description(),
+            "command": command(), "results_dir": str(out_dir.relative_to(REPO)), "date": time.strftime("%Y-%m-%d")}
+
+
+def forms_part(gpu: bool, out_dir: Path, scratch: Path, duration: int) -> dict:
+    """The forms part's runs with their own record of the sitting: the part is measured apart and merged into
+    the published results, whose meta describes another sitting."""
+    started = time.time()
+    reports = out_dir / "forms"  # its raw runs have the names of the served part's runs like them
+    runs = forms_runs(plan(["forms"], gpu)["forms"], scratch, reports, duration)
+    meta = {**sitting(reports), "duration": duration, "images_per_request": IMAGES_PER_REQUEST,
+            "minutes": (time.time() - started) / 60}
+    return {"meta": meta, "runs": runs}
+
+
+def merge_parts(published: Path, parts, gpu: bool, duration: int) -> int:
+    """Re-measure parts measured apart into a published results.json; its meta lists each re-measurement."""
     if not set(parts) <= set(MERGEABLE):
         raise SystemExit(f"--merge takes only --parts among {MERGEABLE}: served and bare runs are measured together")
     results = json.loads(published.read_text())
     results.update(no_server_parts(parts))
+    failed = 0
+    if "forms" in parts:
+        with tempfile.TemporaryDirectory(prefix="benchmark-") as scratch:
+            results["forms"] = forms_part(gpu, new_results_dir(), Path(scratch), duration)
+        failed = sum(run["status"] != 0 for run in results["forms"]["runs"])
     results["meta"].setdefault("remeasured", []).append(
         {"parts": list(parts), "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
-         "command": " ".join(["python loadtests/benchmark.py", *sys.argv[1:]])})
+         "command": command()})
+    results["summary"] = summary(results)  # the forms' costs and target rows derive from its runs
     published.write_text(json.dumps(results, indent=1))
     write_doc(results)
     refresh_capacity_plan(published)
-    return 0
+    return 1 if failed else 0
 
 
 def refresh_capacity_plan(data: Path) -> None:
@@ -101,8 +145,9 @@ def main() -> int:
     parser.add_argument("--match", default="", help="only runs whose name contains this, e.g. demo-fcn-mixed")
     parser.add_argument("--render", type=Path, help="only render docs/benchmarks.md from this results.json")
     parser.add_argument("--merge", type=Path,
-                        help="measure only --parts among decode/answers (no server) and replace them in this "
-                             "published results.json, noting the re-measurement in its meta; then render the page")
+                        help="measure only --parts among decode/answers/forms (measured apart from the served runs) "
+                             "and replace them in this published results.json, noting the re-measurement in its "
+                             "meta; then render the page")
     parser.add_argument("--doc", action="store_true",
                         help="write docs/benchmarks.{md,json} even from a partial run (the default parts always do)")
     args = parser.parse_args()
@@ -113,22 +158,14 @@ def main() -> int:
         write_doc(results)
         return 0
 
-    from importlib.metadata import version  # importing locust here would monkey-patch this process with gevent
-
     import torch
 
     started = time.time()
-    if args.merge:
-        return merge_parts(args.merge, args.parts)
-    out_dir = RESULTS / time.strftime("benchmark-%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True)
     gpu = torch.cuda.is_available()
-    results = {"meta": {"machine": machine_description(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "torchserve": version("torchserve"),
-                        "locust": version("locust"), "duration": args.duration,
-                        "mixed_duration": args.mixed_duration, "gpu": gpu_description(),
-                        "command": " ".join(["python loadtests/benchmark.py", *sys.argv[1:]]),
-                        "results_dir": str(out_dir.relative_to(REPO)), "date": time.strftime("%Y-%m-%d")},
+    if args.merge:
+        return merge_parts(args.merge, args.parts, gpu, args.duration)
+    out_dir = new_results_dir()
+    results = {"meta": {**sitting(out_dir), "duration": args.duration, "mixed_duration": args.mixed_duration},
                "bare": [], "served": []}
     runs = plan(args.parts, gpu)
     failed = 0
@@ -163,11 +200,14 @@ def main() -> int:
             try:
                 duration = args.mixed_duration if config.workload == "mixed" else args.duration
                 run = served_run(config, scratch, out_dir, duration)
-            except Exception as error:  # one broken configuration must not lose the others' numbers
-                print(f"[served] {config.name} FAILED: {error}", flush=True)
-                run = {"config": asdict(config), "name": config.name, "status": 1, "error": str(error)}
+            except Exception as error:
+                run = failed_run(config, error)
             failed += run["status"] != 0
             results["served"].append(run)
+            save()
+        if "forms" in args.parts:
+            results["forms"] = forms_part(gpu, out_dir, scratch, args.duration)
+            failed += sum(run["status"] != 0 for run in results["forms"]["runs"])
             save()
         for key in list(wanted):
             measure_bare(key)

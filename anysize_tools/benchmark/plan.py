@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 from .. import answer_effects
 from ..paths import DEMO
 from ..workloads import MIXED_LONG_SIDES
 
-PARTS = ("decode", "bare", "served", "stock", "answers", "sweep")
+PARTS = ("decode", "bare", "served", "stock", "answers", "sweep", "forms")
 DEFAULT_PARTS = ("decode", "bare", "served", "stock", "answers")  # `make bench`; the sweep is `make bench-sweep`
 IDLE_PAUSE = 0.02  # seconds idle before each timed call of the "after idle" bare figure
 SWEEP_USERS = 16  # enough closed-loop users to fill the largest batch
@@ -23,6 +23,11 @@ MIXED_USERS = 12  # enough to fill batches of 4 on mixed sizes (not SWEEP_USERS:
 # at half its bare rate that a re-run did not repeat, docs/benchmarks.md) and the machine's speed drifts between a
 # bare figure and the last round divided by it.
 LIKE_ROUNDS = 3
+# The forms part: how the images travel (the locustfile's --request-form), raw first as the baseline the others are
+# divided by. Each run sends one image per request, so a form's cost is its envelope (base64, JSON, the binary
+# extension's header), not batching inside a request.
+REQUEST_FORMS = ("raw", "oip-json", "oip-binary", "instances")
+IMAGES_PER_REQUEST = 1
 
 SAME_SIZE_WORKLOADS = ("fixed", "1080p")  # every image the same size: the server can batch up to batchSize
 WARMUP_SIZES = {"fixed": "224x224", "1080p": "1920x1080"}  # the sizes a workload sends, warmed up at worker start
@@ -49,6 +54,7 @@ class Served:
     compile: bool = False
     processes: int = 1  # Locust processes: one master and this many workers when above 1
     round: int = 0  # which of the LIKE_ROUNDS interleaved rounds (0: a configuration run once)
+    request_form: str = "raw"  # how Locust sends the images (REQUEST_FORMS); only the forms part varies it
 
     @property
     def variant(self) -> str:
@@ -58,6 +64,8 @@ class Served:
     def name(self) -> str:
         head = "stock" if self.handler == "stock" else self.head
         suffix = "".join(f"-{part}" for part in self.variant.split() if part != "fp32")
+        if self.request_form != "raw":  # raw is every other part's form: their names stay as they were
+            suffix += f"-{self.request_form}"
         return (f"{self.model}-{head}-{self.workload}-b{self.batch}-d{self.delay}-w{self.workers}-u{self.users}"
                 + suffix.replace("+", "-") + (f"-r{self.round}" if self.round else ""))
 
@@ -116,21 +124,43 @@ def weights_for(model: str, scratch: Path) -> Dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------------ plan
+class Settings(NamedTuple):
+    """The served settings per machine: the batchSize of the judged runs and of the fp32 comparison, workers, users
+    and Locust processes."""
+    batch: int
+    fp32_batch: int
+    workers: int
+    users: int
+    processes: int
+
+
+def settings(gpu: bool) -> Settings:
+    if gpu:
+        return Settings(batch=64, fp32_batch=64, workers=2, users=256, processes=4)
+    # fp32 gains nothing from batching on this CPU (bare vgg16: 190 ms per image at batch 1, 204 at batch 8),
+    # bf16 halves its time per image at batch 8.
+    return Settings(batch=8, fp32_batch=1, workers=1, users=16, processes=1)
+
+
+def fixed_fp32(head: str, gpu: bool, **options) -> Served:
+    """VGG16 at fp32 on the `fixed` 224x224 workload with this machine's settings: the runs compared with the stock
+    handler (``options``: handler, memory format) and the forms part's one configuration."""
+    machine = settings(gpu)
+    return Served("vgg16", head, "fixed", machine.fp32_batch, 5, machine.workers, machine.users,
+                  processes=machine.processes, **options)
+
+
 def plan(parts: List[str], gpu: bool) -> Dict[str, list]:
     """The bare-model measurements (``Bare``) and the served configurations (``Served``), for this machine. On a
     CPU, VGG16 runs at 224x224 only (a 2048 px image takes about 16 s) and mixed sizes use the demo model; on a
     GPU, VGG16 also runs the 1080p workload, with bigger batches, several workers and Locust in several processes
     (above about a thousand requests per second one process is the limit). The comparison with the stock handler at
-    fp32 runs in LIKE_ROUNDS interleaved rounds."""
-    runs: Dict[str, list] = {"bare": [], "served": []}
+    fp32 runs in LIKE_ROUNDS interleaved rounds. The forms part (``forms``: the same request forms' runs against one
+    server) is one of those fp32 configurations under each of REQUEST_FORMS, interleaved in LIKE_ROUNDS rounds."""
+    runs: Dict[str, list] = {"bare": [], "served": [], "forms": []}
     heads = ("fcn", "adaptive")
-    if gpu:
-        batch, fp32_batch, workers, users, processes = 64, 64, 2, 256, 4
-        big = {"batch": 8, "users": 32}
-    else:
-        # fp32 gains nothing from batching on this CPU (bare vgg16: 190 ms per image at batch 1, 204 at batch 8),
-        # bf16 halves its time per image at batch 8.
-        batch, fp32_batch, workers, users, processes = 8, 1, 1, 16, 1
+    batch, fp32_batch, workers, users, processes = settings(gpu)
+    big = {"batch": 8, "users": 32}  # the 1080p workload, GPU only
     batches = tuple(sorted({1, batch}))
     if "bare" in parts:
         for head in heads:
@@ -147,11 +177,10 @@ def plan(parts: List[str], gpu: bool) -> Dict[str, list]:
         # The same workers and Locust processes for ours and the stock handler, so the ratio compares handlers.
         like = []
         if "served" in parts:
-            like += [Served("vgg16", head, "fixed", fp32_batch, 5, workers, users, processes=processes,
-                            channels_last=channels_last) for head in heads for channels_last in (False, True)]
+            like += [fixed_fp32(head, gpu, channels_last=channels_last) for head in heads
+                     for channels_last in (False, True)]
         if "stock" in parts:
-            like += [Served("vgg16", "adaptive", "fixed", fp32_batch, 5, workers, users, handler="stock",
-                            processes=processes)]
+            like += [fixed_fp32("adaptive", gpu, handler="stock")]
         runs["served"] += [replace(config, round=r) for r in range(1, LIKE_ROUNDS + 1) for config in like]
     if "served" in parts:
         judged = []  # served / bare targets: run in rounds, like the fp32 comparison
@@ -176,4 +205,9 @@ def plan(parts: List[str], gpu: bool) -> Dict[str, list]:
         runs["served"] += [Served("demo", "fcn", workload, batch, delay, workers, SWEEP_USERS, **SHIPPED_DEMO)
                            for workload in ("fixed", "mixed") for workers in (1, 2) for batch in (1, 4, 8, 16)
                            for delay in ((5,) if batch == 1 else SWEEP_DELAYS)]
+    if "forms" in parts:
+        # Form after form in each round (raw, oip-json, ..., raw, ...), so the machine's drift reaches every form
+        # alike, as in the comparison with the stock handler.
+        runs["forms"] = [replace(fixed_fp32("fcn", gpu), request_form=form, round=r)
+                         for r in range(1, LIKE_ROUNDS + 1) for form in REQUEST_FORMS]
     return runs

@@ -11,11 +11,18 @@ from anysize.stage_metrics import STAGES
 from ..paths import DOCS, REPO
 from ..workloads import PROFILES
 from .plan import IDLE_PAUSE, MIXED_BUCKETS, MIXED_USERS, SWEEP_USERS, variant
-from .targets import bare_share, best_run, fmt, like_with_like, targets
+from .targets import bare_share, best_run, fmt, form_costs, form_targets, like_with_like, targets
 
 DOC = DOCS / "benchmarks.md"
 SWEEP_DOC = DOCS / "batching-sweep.md"
 READING_HEADING = "## Reading"
+# What each request form of the forms part sends (the locustfile's --request-form; handlers/anysize/request_formats.py)
+FORM_TEXT = {"raw": "the JPEG as the body of `POST /predictions/{model}`",
+             "oip-json": "Open Inference Protocol v2 on `/v2/models/{model}/infer`, the JPEG base64 in the JSON input's "
+                         "`data`",
+             "oip-binary": "the same protocol with its binary data extension: a JSON header "
+                           "(`Inference-Header-Content-Length`), then the JPEG's length and bytes",
+             "instances": '`{"instances": [{"b64": ...}]}` on `/predictions/{model}`'}
 
 
 # ---------------------------------------------------------------------------------------------------- rows
@@ -98,10 +105,50 @@ def like_rows(results: dict) -> List[str]:
             f"{fmt(median(row['forward_ms']), 1)} |" for row in like_with_like(results)]
 
 
+MARKS = {True: "met", False: "**not met**", None: "–"}
+
+
 def target_rows(results: dict) -> List[str]:
-    marks = {True: "met", False: "**not met**", None: "–"}
-    return [f"| {row['machine']} | {row['target']} | {row['measured']} | {marks[row['met']]} |"
+    return [f"| {row['machine']} | {row['target']} | {row['measured']} | {MARKS[row['met']]} |"
             for row in targets(results)]
+
+
+def form_rows(results: dict) -> List[str]:
+    met = {row["name"]: MARKS[row["met"]] for row in form_targets(results)}
+    return [f"| {row['form']} | {' / '.join(fmt(v, 2) for v in row['rps'])} | {fmt(row['median'], 2)} | "
+            f"{fmt(row['ratio'], 3)} | {fmt(row['p50_ms'], 0)} | {fmt(row['p95_ms'], 0)} | {row['failures']} | "
+            f"{met.get(row['form'], 'the baseline')} |" for row in form_costs(results)]
+
+
+def forms_section(results: dict) -> List[str]:
+    """The forms part, measured in its own sitting (`--parts forms`, usually merged into the published results)."""
+    forms = results.get("forms")
+    if not forms or not forms["runs"]:
+        return []
+    meta, config = forms["meta"], forms["runs"][0]["config"]
+    return [
+        "## Request forms: raw body, Open Inference Protocol v2, instances",
+        "",
+        f"Measured by `{meta['command']}` on {meta['machine']} ({meta['date']}; GPU: {meta['gpu']}; torch "
+        f"{meta['torch']} with {meta['threads']} threads; TorchServe {meta['torchserve']}; Locust {meta['locust']}): "
+        f"{config['model']}-{config['head']} {variant(config)} on the `{config['workload']}` 224x224 JPEGs with the "
+        f"settings of the comparison with the stock handler (batchSize {config['batch']}, maxBatchDelay "
+        f"{config['delay']} ms, minWorkers = maxWorkers = {config['workers']}, {config['users']} closed-loop users), "
+        f"images per request: {meta['images_per_request']}, sent as:",
+        "",
+        *(f"- `{form}`: {text}" for form, text in FORM_TEXT.items()),
+        "",
+        "One TorchServe, started once, warmed up in every form; then the forms in turn, round after round "
+        f"({meta['duration']} s of load per run), so a drift of the machine's speed reaches every form alike. "
+        "*ratio to raw* is the form's median req/s over raw's, the target's cost 1 - ratio; p50 and p95 are medians "
+        "over the rounds. Locust runs on the same machine and builds every request's body itself, so a form's "
+        "encoding on the client (base64, JSON) takes CPU from the server too.",
+        "",
+        "| form | req/s per round | median req/s | ratio to raw | p50 ms | p95 ms | failures | target |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+        *form_rows(results),
+        "",
+    ]
 
 
 def decode_rows(results: dict) -> List[str]:
@@ -230,6 +277,7 @@ def render(results: dict) -> str:
             *like,
             "",
         ]
+    lines += forms_section(results)
     if gpu:
         lines += ["## VGG16 at 1920x1080 JPEG", "", *SERVED_HEADER,
                   *served_rows(results, lambda c: c["workload"] == "1080p"), ""]

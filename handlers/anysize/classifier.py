@@ -24,6 +24,7 @@ from . import request_errors as errors
 from .compiled_model import SizeBoundedCompile
 from .cpu_memory import kept_pass_limit
 from .handler_config import HandlerOptions
+from .heatmaps import HEATMAP_CLASSES, heatmap_field
 from .image_decoding import decode_jpeg_batch, decode_views, is_plain_jpeg, normalize, open_image
 from .precision import PRECISION_TABLE
 from .request_errors import RequestError
@@ -60,6 +61,13 @@ def is_out_of_memory(error: BaseException) -> bool:
 def images_per_pass(max_pixels: int, height: int, width: int) -> int:
     """How many images of this size one forward pass holds: at most max_pixels input pixels (at least one)."""
     return max(1, max_pixels // (height * width))
+
+
+class View(NamedTuple):
+    """One input a forward pass sees: of image ``owner``, maybe the mirror of another view."""
+    owner: int
+    pixels: torch.Tensor
+    mirrored: bool
 
 
 class Classified(NamedTuple):
@@ -125,9 +133,9 @@ class ImageClassifier:
         with self.clock.stage("decode"):
             decoded = self.decode_all(bodies, requests)
         views = self.expand(decoded, requests)
-        probabilities, failures = self.infer(views, requests, self.group([pixels for _, pixels in views]))
+        probabilities, failures, maps = self.infer(views, requests, self.group([view.pixels for view in views]))
         with self.clock.stage("postprocess"):
-            answers = [self.encode(failures.get(i, item), requests[i], probabilities.get(i))
+            answers = [self.encode(failures.get(i, item), requests[i], probabilities.get(i), maps.get(i))
                        for i, item in enumerate(decoded)]
         self.clock.counts["images"] = len(probabilities)
         self.clock.counts["refused"] = sum(isinstance(answer, RequestError) for answer in answers)
@@ -158,6 +166,17 @@ class ImageClassifier:
             return planned
         return sizes
 
+    def fed_pixels(self, body: Union[bytes, RequestError], request: Options) -> int:
+        """The pixels the image's views (mirrors included) would feed the network, from its header alone; 0 for a
+        body that cannot be read or is refused (it gets its own error when decoded)."""
+        if isinstance(body, RequestError) or isinstance(request, RequestError):
+            return 0
+        try:
+            planned = self.sizes_for(request)(*open_image(body, self.options.bomb_pixels).size)
+        except Exception:  # refused or unreadable: decode says why
+            return 0
+        return sum(width * height for width, height in planned) * (2 if request.flip else 1)
+
     def decode_all(self, bodies: Sequence[Union[bytes, RequestError]], requests: Sequence[Options]) -> List[Decoded]:
         # A body that is already refused (missing field, empty) says so; otherwise refused options do.
         bodies = [request if isinstance(request, RequestError) and not isinstance(body, RequestError) else body
@@ -173,7 +192,7 @@ class ImageClassifier:
         indices = []
         for index, body in enumerate(bodies):
             try:
-                image = open_image(body, self.options.bomb_factor * self.options.max_pixels)
+                image = open_image(body, self.options.bomb_pixels)
             except Exception:  # refused or not a JPEG: the one-by-one path says why
                 continue
             try:
@@ -215,7 +234,7 @@ class ImageClassifier:
         if isinstance(body, RequestError):
             return body
         try:
-            return decode_views(body, self.sizes_for(request), self.options.bomb_factor * self.options.max_pixels,
+            return decode_views(body, self.sizes_for(request), self.options.bomb_pixels,
                                 reduce_jpeg=self.options.jpeg_draft)
         except RequestError as error:
             return error
@@ -226,16 +245,16 @@ class ImageClassifier:
             return errors.not_an_image(f"{type(error).__name__}: {error}")
 
     @staticmethod
-    def expand(decoded: Sequence[Decoded], requests: Sequence[Options]) -> List[Tuple[int, torch.Tensor]]:
-        """(image index, pixels) for every view forward passes must see: each size, and its mirror if asked."""
+    def expand(decoded: Sequence[Decoded], requests: Sequence[Options]) -> List["View"]:
+        """Every view forward passes must see, in each image's order: each size, and its mirror if asked."""
         views = []
         for index, item in enumerate(decoded):
             if isinstance(item, RequestError):
                 continue
             for pixels in item:
-                views.append((index, pixels))
+                views.append(View(index, pixels, False))
                 if requests[index].flip:
-                    views.append((index, pixels.flip(1)))
+                    views.append(View(index, pixels.flip(1), True))
         return views
 
     def images_per_pass(self, height: int, width: int) -> int:
@@ -254,17 +273,23 @@ class ImageClassifier:
             chunks.extend(indices[i:i + per_pass] for i in range(0, len(indices), per_pass))
         return chunks
 
-    def infer(self, views: List[Tuple[int, torch.Tensor]], requests: Sequence[Options], chunks: List[List[int]]
-              ) -> Tuple[Dict[int, torch.Tensor], Dict[int, RequestError]]:
+    def infer(self, views: List["View"], requests: Sequence[Options], chunks: List[List[int]]
+              ) -> Tuple[Dict[int, torch.Tensor], Dict[int, RequestError], Dict[int, List]]:
         """(probabilities per image index: its views combined as its request asks, CPU float32; the RequestError
-        of each image whose views were in a failed pass). A failed pass fails only the images with a view in it."""
+        of each image whose views were in a failed pass; the unmirrored views' score maps, ([H, W], map) in view
+        order, of each image whose request asked for a heatmap). A failed pass fails only the images with a view
+        in it."""
         rows_of: Dict[int, List[torch.Tensor]] = defaultdict(list)
         failures: Dict[int, RequestError] = {}
+        maps_of: Dict[int, List] = defaultdict(list)
         for chunk in chunks:
-            owners = [views[v][0] for v in chunk]
+            owners = [views[v].owner for v in chunk]
             try:
-                scores = self.forward(self.stack([views[v][1] for v in chunk]))
+                scores = self.forward(self.stack([views[v].pixels for v in chunk]))
                 rows = self.to_probabilities(scores, [requests[i].aggregation for i in owners])
+                for j, v in enumerate(chunk):  # the maps a heatmap was asked for, before the pass's scores go
+                    if scores.dim() == 4 and requests[owners[j]].heatmap and not views[v].mirrored:
+                        maps_of[owners[j]].append((v, tuple(views[v].pixels.shape[:2]), scores[j].float().cpu()))
             except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
                 if "CUDA error" in str(error) and not is_out_of_memory(error):
                     abandon_worker(error)
@@ -277,8 +302,10 @@ class ImageClassifier:
                 continue
             for owner, row in zip(owners, rows):
                 rows_of[owner].append(row)
-        return {i: combine_views(torch.stack(rows), requests[i].view_aggregation) for i, rows in rows_of.items()
-                if i not in failures}, failures
+        combined = {i: combine_views(torch.stack(rows), requests[i].view_aggregation) for i, rows in rows_of.items()
+                    if i not in failures}
+        return combined, failures, {i: [(size, score_map) for _, size, score_map in sorted(entries, key=lambda e: e[0])]
+                                    for i, entries in maps_of.items() if i not in failures}
 
     def to_probabilities(self, scores: torch.Tensor, aggregations: Sequence[str | None]) -> torch.Tensor:
         """One pass's scores -> (N, classes) float32 softmax probabilities on the CPU. An fcn score map is
@@ -333,7 +360,7 @@ class ImageClassifier:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def encode(self, item: Decoded, request: Options, probabilities: torch.Tensor | None
+    def encode(self, item: Decoded, request: Options, probabilities: torch.Tensor | None, maps: List | None = None
                ) -> Union[dict, RequestError]:
         if isinstance(item, RequestError):
             return item
@@ -358,6 +385,11 @@ class ImageClassifier:
         }
         if request.ignored:
             response["ignored_parameters"] = list(request.ignored)
+        if request.heatmap and maps:
+            if not all(torch.isfinite(score_map).all() for _, score_map in maps):
+                return errors.inference_failed("the model produced non-finite scores in the class-score map")
+            response["heatmap"] = heatmap_field(maps, top.indices[:HEATMAP_CLASSES].tolist(), self.labels,
+                                                request.aggregation)
         if not self.options.trained:
             response["warning"] = UNTRAINED_WARNING
         return response

@@ -1,8 +1,10 @@
 """TorchServe handler for size-agnostic VGG classifiers: the TorchServe plumbing around ``ImageClassifier``.
 
 ``initialize`` reads the archive once (model-config.yaml, labels, weights), picks the device and warms the model
-up; ``handle`` turns TorchServe's batch into request bodies, runs decode -> group -> infer -> encode, sets each
-request's own HTTP status so one bad image never fails the rest of its batch, and exports the batch's stage times
+up; ``handle`` reads each request of TorchServe's batch in its form (request_formats: one image, several, or OIP
+v2), runs every image of the batch through decode -> group -> infer -> encode together, writes each request's
+answer in its form with its own HTTP status, so one bad request never fails the rest of its batch (nor one bad image
+the other images of its request, except in OIP, which has no per-image error), and exports the batch's stage times
 as TorchServe metrics.
 """
 
@@ -13,24 +15,21 @@ import logging
 import math
 import os
 import time
-from typing import Any, List, Union
+from typing import Any, List, Tuple, Union
 
 import torch
 
-from .classifier import ImageClassifier
+from .classifier import VIEW_BUDGET, ImageClassifier
 from .cpu_memory import keep_freed_buffers
 from .handler_config import HandlerOptions
-from .request_errors import RequestError, empty_body, not_an_image
+from .request_errors import RequestError
+from .request_formats import SINGLE, Limits, Reply, Request, read_request, write_answer
 from .request_options import RequestOptions, parse_options
 from .stage_metrics import batch_line, emit
 from .vgg_models import load_model
 from .weights import read_state_dict
 
 logger = logging.getLogger(__name__)
-
-# Multipart field names that carry the image, in order of preference; a raw body arrives as "body".
-BODY_FIELDS = ("data", "file", "body")
-
 
 class SizeAgnosticVGGHandler:
     def __init__(self):
@@ -75,35 +74,100 @@ class SizeAgnosticVGGHandler:
         return torch.device("cpu")
 
     def handle(self, data: List[dict], context) -> List[str]:
-        bodies = [request_body(row) for row in data]
-        answers, clock = self.classifier.classify(
-            bodies, [self.request_options(row, request_headers(context, index)) for index, row in enumerate(data)])
+        headers = [request_headers(context, index) for index in range(len(data))]
+        requests = [self.read(row, headers[index]) for index, row in enumerate(data)]
+        options = [self.request_options(request, headers[index]) for index, request in enumerate(requests)]
+        for request, option in zip(requests, options):
+            if request.form != SINGLE and request.error is None:
+                # refused whole: its options, or the pixels its views would feed; a single image's own error goes
+                # first (classify)
+                request.error = option if isinstance(option, RequestError) else self.over_view_budget(request, option)
+        owners, images = gather_images(requests)
+        answers, clock = self.classifier.classify(images, [options[index] for index in owners])
         logger.info("%s", batch_line(len(data), clock))  # one line per batch in model_log.log (stage_metrics)
         if getattr(context, "metrics", None) is not None:
             try:
                 emit(context.metrics, clock)
             except Exception:  # the answers are ready; a metrics problem must not turn them into errors
                 logger.exception("exporting the stage metrics failed")
-        return [self.respond(answer, index, context) for index, answer in enumerate(answers)]
+        return [self.respond(self.write(request, answers_of), index, context)
+                for index, (request, answers_of) in enumerate(zip(requests, split_answers(owners, answers, len(data))))]
 
-    def request_options(self, row: Any, headers: dict | None = None) -> Union[RequestOptions, RequestError]:
-        """The request's options: its headers, form fields and query parameters over the archive's defaults, or
-        the 400 that refuses them."""
-        defaults = self.classifier.defaults
-        if not isinstance(row, dict):
-            return defaults
+    def read(self, row: Any, headers: dict) -> Request:
+        """read_request, where a failure of the reader itself is this request's own 500, not the batch's."""
         try:
-            return parse_options(row, defaults, len(self.classifier.labels), ignore=BODY_FIELDS, headers=headers)
+            return read_request(row, headers, self.limits)
+        except Exception:
+            logger.exception("reading a request failed")
+            return Request(SINGLE, error=RequestError(500, "request_failed", "The request could not be read."))
+
+    def write(self, request: Request, answers: List) -> Reply:
+        """write_answer, with the same guard, and an answer too large for TorchServe to carry refused (413)."""
+        try:
+            reply = write_answer(request, answers, self.classifier.model_name)
+            body = json.dumps(reply.body)
+        except Exception:
+            logger.exception("writing an answer failed")
+            return Reply(500, "request_failed", {"error": "request_failed",
+                                                 "message": "The answer could not be written."})
+        limit = self.classifier.options.max_response_bytes
+        if len(body) > limit:
+            error = RequestError(413, "response_too_large", f"The answer would hold {len(body)} bytes, over this "
+                                                            f"model's {limit}: ask for fewer images, scales or heatmap "
+                                                            f"classes (topk).")
+            request.error = error
+            return write_answer(request, [], self.classifier.model_name)
+        return Reply(reply.status, reply.phrase, body)
+
+    def over_view_budget(self, request: Request, options: RequestOptions) -> RequestError | None:
+        """413 when the images of one request would feed the network more pixels in all (views and mirrors) than
+        one image may (VIEW_BUDGET x max_pixels): a request of several images costs at most what one may."""
+        budget = VIEW_BUDGET * self.classifier.options.max_pixels
+        fed = sum(self.classifier.fed_pixels(image, options) for image in request.images)
+        if fed <= budget:
+            return None
+        return RequestError(413, "too_many_pixels", f"The request's images would feed {fed} pixels in all (views and "
+                                                    f"mirrors); this model feeds at most {budget} per request.")
+
+    def request_options(self, request: Request, headers: dict | None = None) -> Union[RequestOptions, RequestError]:
+        """The request's options: its headers, form fields, query parameters or JSON parameters over the archive's
+        defaults, or the 400 that refuses them."""
+        try:
+            return parse_options(request.options, self.classifier.defaults, len(self.classifier.labels),
+                                 ignore=request.option_fields, headers=headers)
         except RequestError as error:
             return error
 
+    @property
+    def limits(self) -> Limits:
+        options = self.classifier.options
+        return Limits(options.max_images, options.max_request_pixels, options.bomb_pixels)
+
     @staticmethod
-    def respond(answer: Union[dict, RequestError], index: int, context) -> str:
+    def respond(reply: Reply, index: int, context) -> str:
         context.set_response_content_type(index, "application/json")
-        if isinstance(answer, RequestError):
-            context.set_response_status(answer.status, answer.code, index)
-            return json.dumps(answer.to_json())
-        return json.dumps(answer)
+        if reply.status != 200:
+            context.set_response_status(reply.status, reply.phrase, index)
+        return reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
+
+
+def gather_images(requests: List[Request]) -> Tuple[List[int], List]:
+    """Every image of every request in one list (and its request's index), so the images of one request are batched
+    like those of separate requests: same-size views share a forward pass."""
+    owners, images = [], []
+    for index, request in enumerate(requests):
+        if request.error is None:
+            owners += [index] * len(request.images)
+            images += request.images
+    return owners, images
+
+
+def split_answers(owners: List[int], answers: List, count: int) -> List[List]:
+    """The answers back per request, in each request's image order."""
+    by_request: List[List] = [[] for _ in range(count)]
+    for index, answer in zip(owners, answers):
+        by_request[index].append(answer)
+    return by_request
 
 
 def cpu_threads(configured: int, max_workers: int) -> int:
@@ -141,22 +205,3 @@ def request_headers(context, index: int) -> dict:
         return dict(context.get_all_request_header(index) or {})
     except (AttributeError, IndexError, KeyError, TypeError):
         return {}
-
-
-def request_body(row: Any) -> Union[bytes, RequestError]:
-    """The image bytes of one request: a multipart field ``data`` or ``file``, or the raw body."""
-    if not isinstance(row, dict):
-        return not_an_image("unexpected request layout")
-    present = [name for name in BODY_FIELDS if name in row]
-    if not present:
-        fields = ", ".join(sorted(map(str, row))) or "none"
-        return RequestError(400, "missing_field",
-                            f"No image found: send it as the raw body or as a multipart field named 'data' or "
-                            f"'file' (fields received: {fields}).")
-    value = row[present[0]]
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value) if value else empty_body()
-    if isinstance(value, str):  # TorchServe decodes text/* bodies to str
-        return empty_body() if not value else not_an_image("the body is text")
-    # TorchServe parses application/json bodies into Python objects
-    return not_an_image("the body is JSON")

@@ -26,6 +26,15 @@ class HandlerOptions:
     max_pixels: int = 4_194_304  # largest input fed unresized (2048 x 2048)
     min_side: int = 32  # VGG's five 2x2 pools need 32 px for a 1x1 feature map
     bomb_factor: int = 16  # images declaring more than bomb_factor * max_pixels are refused before decoding
+    # One request with several images (request_formats.py): at most this many, declaring at most this many pixels
+    # in all (from their headers, before decoding); larger requests get a 413. The default pixel limit lets one
+    # request hold four 12 MP photos.
+    max_images: int = 16
+    max_request_pixels: int = 50_331_648
+    # An answer's JSON may hold at most this many bytes (heatmaps can be large): above, that request gets a 413.
+    # TorchServe drops the worker, failing its whole batch, on a response over max_response_size (6,553,500 bytes
+    # in config.properties), so this stays below it.
+    max_response_bytes: int = 6_000_000
     precision: str = "fp32"
     channels_last: bool = False
     cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0: the usable cores divided by maxWorkers
@@ -48,7 +57,8 @@ class HandlerOptions:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
-        for name in ("topk", "max_pixels", "min_side", "bomb_factor", "compile_max_sizes"):
+        for name in ("topk", "max_pixels", "min_side", "bomb_factor", "compile_max_sizes", "max_images",
+                     "max_request_pixels", "max_response_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer")
         if int(self.cpu_threads) < 0:
@@ -77,6 +87,11 @@ class HandlerOptions:
             if min(width, height) < self.min_side or width * height > self.max_pixels:
                 raise ValueError(f"bucket {width}x{height} is outside what the network is fed "
                                  f"(sides >= min_side, width*height <= max_pixels)")
+
+    @property
+    def bomb_pixels(self) -> int:
+        """Declared pixels over which an image is refused from its header, before decoding."""
+        return self.bomb_factor * self.max_pixels
 
     @property
     def working_range(self):

@@ -1,7 +1,7 @@
 """Errors as data: one small type carrying the HTTP status, a stable error code and a human message.
 
 Raised where a request is found wanting (decoding, size limits, missing fields) and turned into the JSON body
-``{"error": CODE, "message": TEXT}`` in one place, the handler's encode step.
+``{"error": CODE, "message": TEXT}`` by ``to_json``, which each request form's writer uses (request_formats).
 """
 
 from __future__ import annotations

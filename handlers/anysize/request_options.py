@@ -20,6 +20,7 @@ and measured by tests/test_demo_model.py):
 | ``flip`` (``X-Flip``) | true / false: also classify the mirrored image | the archive's |
 | ``view_aggregation`` (``X-View-Aggregation``) | ``mean``, ``max`` or ``top2``: how the views and mirrors become one answer (scale_policy) | the archive's |
 | ``aggregation`` (``X-Aggregation``) | fcn head only: ``mean``, ``max``, ``lse`` | the archive's |
+| ``heatmap`` (``X-Heatmap``) | true / false, fcn head only: the answer also carries the class-score maps of its top-k classes (heatmaps.py) | false |
 
 A parameter or form field wins over the header of the same option. A bad value is the request's own 400
 ``bad_option`` naming the option and its allowed values. Other parameters and form fields are not refused, since
@@ -36,7 +37,7 @@ from .request_errors import RequestError
 from .scale_policy import POLICIES, VIEW_AGGREGATIONS, parse_scales
 from .vgg_models import AGGREGATIONS
 
-OPTION_NAMES = ("topk", "scale_policy", "scales", "flip", "view_aggregation", "aggregation")
+OPTION_NAMES = ("topk", "scale_policy", "scales", "flip", "view_aggregation", "aggregation", "heatmap")
 MAX_SCALES = 6
 SCALE_LIMITS = (32, 4096)
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -64,6 +65,7 @@ class RequestOptions:
     aggregation: str | None  # None for the adaptive head, which has no score map to aggregate
     view_aggregation: str = "mean"  # how the views (scales, mirrors) become one answer: scale_policy.combine_views
     ignored: Tuple[str, ...] = ()  # parameters of the request that are not options
+    heatmap: bool = False  # also return the top-k classes' score maps (fcn head only)
 
 
 def bad_option(name: str, allowed: str, value: Any) -> RequestError:
@@ -112,6 +114,12 @@ def parse_options(row: Mapping[str, Any], defaults: RequestOptions, num_classes:
         options["scales"] = request_scales(values["scales"])
     if "flip" in values:
         options["flip"] = parse_bool("flip", values["flip"])
+    if "heatmap" in values:
+        options["heatmap"] = parse_bool("heatmap", values["heatmap"])
+        if options["heatmap"] and defaults.aggregation is None:
+            raise bad_option("heatmap", "false: this archive's adaptive head averages its features into a fixed 7x7 "
+                                        "grid before classifying and has no class-score map to show (the fcn head's "
+                                        "archives have one)", values["heatmap"][:200])
     if "view_aggregation" in values:
         options["view_aggregation"] = one_of("view_aggregation", values["view_aggregation"], VIEW_AGGREGATIONS,
                                              ", ".join(VIEW_AGGREGATIONS))
