@@ -229,3 +229,20 @@ def test_make_serve_builds_trained_demo_archives_and_rebuilds_impostors(tmp_path
         assert options["scales"] == SERVING["scales"][head] and options["flip"] == (SERVING["flip"][head] == "true")
         assert options["aggregation"] == (SERVING["aggregation"]["fcn"] if head == "fcn" else "mean")
         assert options["view_aggregation"] == SERVING["view_aggregation"][head]
+
+
+def test_the_partial_abstain_experiment_labels_only_shapes_wider_than_the_window():
+    """train_demo.py --partial-share: with a share, stage 2 adds scenes of shapes too large for the fc6 window and
+    labels any wider than PARTIAL_RADIUS uniform (-1); at 0 (the shipped stage 2) it adds none."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts" / "research"))
+    import train_demo
+
+    plain = [train_demo.render_stage2_batch((0, step, 0.0))[1] for step in range(6)]
+    partial = [train_demo.render_stage2_batch((0, step, 0.5))[1] for step in range(6)]
+    assert sum((labels == -1).sum() for labels in partial) > sum((labels == -1).sum() for labels in plain)
+    pixels, label = train_demo.abstain_scene(0, 1, 0, 96, 96, partial=True)
+    assert label == -1 and pixels.shape == (96, 96, 3)
+    _, label = train_demo.augmented_scene(0, 5, 0, 448, 448, 0.0, abstain_above=1.0)  # every shape is wider
+    assert label == -1

@@ -15,7 +15,8 @@ re-estimated over many batches of the full spread, since the running averages re
 
 Stage 2 (``--abstain-steps``) goes on from those weights with scenes whose shape is too small to tell, trained
 towards the uniform distribution, so that the small views of multi-scale evaluation stop voting confidently;
-``--from-weights`` runs stage 2 alone from saved stage-1 weights.
+``--from-weights`` runs stage 2 alone from saved stage-1 weights. ``--partial-share`` is an experiment (off by
+default): stage 2 also abstaining on shapes wider than the fc6 window (PARTIAL_RADII).
 
 Writes model_store/demo/: ``demo-vgg.pth`` (a torchvision-format state dict, so both heads and the archive builder
 take it as they take torchvision's checkpoints), ``labels.json``, ``training.json`` (settings and metrics) and
@@ -69,6 +70,14 @@ ABSTAIN_SHARE, ABSTAIN_UNITS, ABSTAIN_LR = 0.2, (5, 20), 2e-4
 # Stage 2 draws its labelled scenes from step STAGE2_SCENES on (scene indices from 3.2e7), which stage 1 never
 # reaches, and its abstain scenes from index 50 x STAGE2_SCENES (5e7), clear of both.
 STAGE2_SCENES = 1_000_000
+# An experiment, off by default (--partial-share): abstaining at the other end too. The larger views of a filled
+# picture show a shape wider than the fc6 window (224 px), of which every window sees only a part (a star's point
+# looks like a triangle), and the model answered those parts confidently. With a partial share above 0, that share
+# of the stage-2 scenes show a shape whose radius is log-uniform in PARTIAL_RADII px, and a labelled scene whose
+# shape's radius is above PARTIAL_RADIUS px (wider than the window) gets the uniform target too. Tried with 0.15 and
+# compared with scripts/research/compare_weights.py (docs/weights-comparison.json): no gain, so the shipped weights
+# do not use it.
+PARTIAL_RADII, PARTIAL_RADIUS = (160, 640), 128
 # The held-out conditions printed while training: (name, width, height, canvas unit or None)
 VALIDATION = (("zoom 64", 64, 64, None), ("zoom 224", 224, 224, None), ("zoom 448", 448, 448, None),
               ("canvas 448 (112-px shapes)", 448, 448, 112), ("canvas 448 (56-px shapes)", 448, 448, 56))
@@ -109,9 +118,10 @@ def maybe_jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return image
 
 
-def augmented_scene(seed: int, step: int, slot: int, width: int, height: int, canvas_share: float
-                    ) -> Tuple[np.ndarray, int]:
-    """One training picture: a scene of the train split, zoom or canvas, maybe blurred, compressed or noisy."""
+def augmented_scene(seed: int, step: int, slot: int, width: int, height: int, canvas_share: float,
+                    abstain_above: float | None = None) -> Tuple[np.ndarray, int]:
+    """One training picture: a scene of the train split, zoom or canvas, maybe blurred, compressed or noisy;
+    labelled -1 (uniform) where the shape's radius is above ``abstain_above`` px."""
     scene = sample_scene(scene_generator(seed, "train", step * MAX_BATCH + slot))
     rng = np.random.default_rng([seed, 2, step, slot])
     short = min(width, height)
@@ -129,7 +139,8 @@ def augmented_scene(seed: int, step: int, slot: int, width: int, height: int, ca
         pixels = np.clip(pixels + noise, 0, 255).astype(np.uint8)
     if rng.random() < 0.5:
         pixels = pixels[:, ::-1]
-    return np.ascontiguousarray(pixels), scene.label
+    too_wide = abstain_above is not None and scene.radius * (unit or short) > abstain_above
+    return np.ascontiguousarray(pixels), -1 if too_wide else scene.label
 
 
 def render_batch(job: Tuple[int, int, int]) -> Tuple[np.ndarray, np.ndarray]:
@@ -140,25 +151,37 @@ def render_batch(job: Tuple[int, int, int]) -> Tuple[np.ndarray, np.ndarray]:
     return np.stack([p for p, _ in pictures]), np.array([label for _, label in pictures])
 
 
-def abstain_scene(seed: int, step: int, slot: int, width: int, height: int) -> Tuple[np.ndarray, int]:
-    """A scene whose shape is too small to tell, maybe JPEG-compressed and mirrored; label -1 (a uniform target)."""
-    rng = np.random.default_rng([seed, 9, step, slot])
-    scene = sample_scene(scene_generator(seed, "train", 50 * STAGE2_SCENES + step * MAX_BATCH + slot))
-    image = render(scene, width, height, log_uniform(rng, *ABSTAIN_UNITS))
+def abstain_scene(seed: int, step: int, slot: int, width: int, height: int, partial: bool = False
+                  ) -> Tuple[np.ndarray, int]:
+    """A scene whose shape is too small to tell, or (``partial``) too large for a window to see whole, maybe
+    JPEG-compressed and mirrored; label -1 (a uniform target)."""
+    rng = np.random.default_rng([seed, 10 if partial else 9, step, slot])
+    first = (60 if partial else 50) * STAGE2_SCENES
+    scene = sample_scene(scene_generator(seed, "train", first + step * MAX_BATCH + slot))
+    unit = log_uniform(rng, *PARTIAL_RADII) / scene.radius if partial else log_uniform(rng, *ABSTAIN_UNITS)
+    image = render(scene, width, height, unit)
     pixels = np.asarray(maybe_jpeg(image, rng))
     if rng.random() < 0.5:
         pixels = pixels[:, ::-1]
     return np.ascontiguousarray(pixels), -1
 
 
-def render_stage2_batch(job: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-    """A stage-2 batch: the full spread of sizes, ABSTAIN_SHARE of it abstain scenes, the rest as in stage 1."""
-    seed, step = job
+def render_stage2_batch(job: Tuple[int, int, float]) -> Tuple[np.ndarray, np.ndarray]:
+    """A stage-2 batch: the full spread of sizes, ABSTAIN_SHARE of it abstain scenes, the rest as in stage 1; with
+    ``partial_share`` above 0, that share abstain scenes of shapes too large too (PARTIAL_RADII, PARTIAL_RADIUS).
+    One random draw per slot either way, so a partial share of 0 is exactly the plain stage 2."""
+    seed, step, partial_share = job
     rng = np.random.default_rng([seed, 7, step])
     short = log_uniform(rng, *SHORT_SIDES)
     width, height, size = batch_shape(short, float(rng.choice(ASPECTS)))
-    pictures = [abstain_scene(seed, step, slot, width, height) if rng.random() < ABSTAIN_SHARE
-                else augmented_scene(seed, STAGE2_SCENES + step, slot, width, height, 0.5) for slot in range(size)]
+    too_wide = PARTIAL_RADIUS if partial_share else None
+    pictures = []
+    for slot in range(size):
+        draw = rng.random()
+        if draw < ABSTAIN_SHARE + partial_share:
+            pictures.append(abstain_scene(seed, step, slot, width, height, partial=draw >= ABSTAIN_SHARE))
+        else:
+            pictures.append(augmented_scene(seed, STAGE2_SCENES + step, slot, width, height, 0.5, too_wide))
     return np.stack([p for p, _ in pictures]), np.array([label for _, label in pictures])
 
 
@@ -172,12 +195,13 @@ def render_validation(job) -> Tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.array(labels)
 
 
-def batches(pool: Pool, seed: int, count: int, ahead: int = 6, first: int = 0, plan_steps: int = 0, stage: int = 1):
+def batches(pool: Pool, seed: int, count: int, ahead: int = 6, first: int = 0, plan_steps: int = 0, stage: int = 1,
+            partial_share: float = 0.0):
     """The batches of steps ``first`` to ``first + count - 1`` of a ``plan_steps``-step plan (default ``count``),
     rendered by the pool at most ``ahead`` steps in advance (bounded memory); ``stage`` 2: render_stage2_batch's."""
     pending = deque()
     for step in range(first, first + count):
-        job = (seed, step, plan_steps or count) if stage == 1 else (seed, step)
+        job = (seed, step, plan_steps or count) if stage == 1 else (seed, step, partial_share)
         pending.append(pool.apply_async(render_batch if stage == 1 else render_stage2_batch, (job,)))
         if len(pending) > ahead:
             yield pending.popleft().get()
@@ -277,7 +301,8 @@ def run_steps(model: torch.nn.Module, optimizer, schedule, pool: Pool, args: arg
               stage: int, validation, started: float) -> Tuple[List[dict], int]:
     """``steps`` optimiser steps on the stage's batches; a validation report every ``report_every`` steps."""
     history, losses, seen = [], [], 0
-    for step, (images, labels) in enumerate(batches(pool, args.seed, steps, stage=stage)):
+    for step, (images, labels) in enumerate(batches(pool, args.seed, steps, stage=stage,
+                                                    partial_share=getattr(args, "partial_share", 0.0))):
         x = normalize(torch.from_numpy(images)).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             outputs = head_logits(model, x)
@@ -358,6 +383,8 @@ def abstain(model: torch.nn.Module, args: argparse.Namespace) -> dict:
         finish(model, pool, args, validation, history, seen, started, 2)
     model.eval().to(memory_format=torch.contiguous_format)
     return {"steps": args.abstain_steps, "images": seen, "share": ABSTAIN_SHARE, "units": ABSTAIN_UNITS,
+            **({"partial_share": args.partial_share, "partial_radii": PARTIAL_RADII, "partial_radius": PARTIAL_RADIUS}
+               if args.partial_share else {}),
             "lr": ABSTAIN_LR, "history": history, "seconds": round(time.perf_counter() - started, 1),
             "threads": args.threads,
             "torch": torch.__version__, "machine": platform.machine(), "command": " ".join(["python"] + sys.argv)}
@@ -512,6 +539,9 @@ def main() -> int:
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="directory for the weights, labels and card")
     parser.add_argument("--abstain-steps", type=int, default=1500,
                         help="stage 2's steps (abstain scenes among the usual ones); 0: stage 1 only")
+    parser.add_argument("--partial-share", type=float, default=0.0,
+                        help="an experiment (PARTIAL_RADII): this share of stage 2's scenes abstain on shapes wider "
+                             "than the fc6 window; 0 (default): the shipped stage 2")
     parser.add_argument("--from-weights", type=Path,
                         help="skip stage 1: run stage 2 from these stage-1 weights, whose training.json (beside "
                              "them) is kept as the record of stage 1")
