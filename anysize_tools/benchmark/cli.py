@@ -17,7 +17,7 @@ from .bare import bare_model, decode_comparison, gpu_description
 from .plan import DEFAULT_PARTS, IMAGES_PER_REQUEST, PARTS, bare_key, plan
 from .render import write_doc
 from .served import failed_run, forms_runs, served_run
-from .targets import summary, targets
+from .targets import summary
 
 DOC_DATA = DOCS / "benchmarks.json"  # the numbers behind the doc, so it can be re-rendered from git
 SWEEP_DATA = DOCS / "batching-sweep.json"  # ... and behind docs/batching-sweep.md
