@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup serve stop test docs-check loadtest bench benchmark bench-sweep soak kill-worker params archive train-demo study heatmaps image image-test \
+.PHONY: setup serve stop test docs-check loadtest bench benchmark bench-sweep soak kill-worker params archive train-demo study native-range heatmaps image image-test \
 	wheelhouse base-image scan clean
 
 setup: $(INSTALLED)
@@ -80,10 +80,15 @@ train-demo: $(INSTALLED)
 	$(PY) scripts/research/train_demo.py
 
 # Accuracy and time versus input size for every head, aggregation and scale policy, on held-out scenes and an
-# independent probe (27 minutes on 2 cores, docs/resolution-study.json "seconds"; writes docs/resolution-study.* and
+# independent probe (about 45 minutes on 2 cores, docs/resolution-study.json "seconds"; writes docs/resolution-study.* and
 # model_store/demo/demo-vgg.serving.json).
 study: $(INSTALLED)
 	$(PY) scripts/research/resolution_study.py
+
+# Native accuracy against the shape's radius in pixels: why the model's native range is narrow (about a minute on
+# 2 cores; writes docs/native-scale-range.{json,md}).
+native-range: $(INSTALLED)
+	$(PY) scripts/research/native_scale_range.py
 
 # Class-score heatmaps of five probe pictures through the service's request path (docs/heatmaps.{json,png}).
 heatmaps: $(INSTALLED)

@@ -59,6 +59,10 @@ def _study(page: Path) -> str:
     return _research("resolution_study").study_page(_json(page.parent / "resolution-study.json"), page.read_text())
 
 
+def _native_range(page: Path) -> str:
+    return _research("native_scale_range").render_markdown(_json(page.parent / "native-scale-range.json"))
+
+
 def _card(page: Path) -> str:
     return _research("train_demo").model_card(_json(page.parent / "training.json"), page.parent / "demo-vgg.pth")
 
@@ -88,6 +92,7 @@ PAGES = (
     Page("docs/batching-sweep.md", ("batching-sweep.json",), _sweep, until_run=True),
     Page("docs/capacity-plan.md", ("capacity-plan.json", "benchmarks.json"), _capacity),
     Page("docs/resolution-study.md", ("resolution-study.json",), _study),
+    Page("docs/native-scale-range.md", ("native-scale-range.json",), _native_range),
     Page("model_store/demo/MODEL_CARD.md", ("training.json", "demo-vgg.pth"), _card),
     Page("docs/loadtest-example/summary.md", ("run.json", "locust_stats.csv"), _load_report),
     Page("docs/soak/summary.md", ("run.json", "locust_stats.csv", "memory.csv"), _load_report),
@@ -115,6 +120,10 @@ def _view_choice_summary(path: Path):
                                    for method, by_condition in results["accuracy"].items()}}
 
 
+def _native_range_summaries(path: Path):
+    return _research("native_scale_range").derive(_json(path))
+
+
 def _benchmark_summary(path: Path):
     from .benchmark.targets import summary
 
@@ -127,6 +136,7 @@ DERIVED = (
     ("docs/benchmarks.json", _benchmark_summary),
     ("docs/resolution-study.json", _study_summaries),
     ("docs/view-aggregation-choice.json", _view_choice_summary),
+    ("docs/native-scale-range.json", _native_range_summaries),
 )
 # Hand-written text where every figure must be a reference: (page, heading of the section, or None: the whole page)
 STRICT = (

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 CLASSES = ["circle", "ring", "triangle", "square", "pentagon", "hexagon", "star", "cross", "crescent", "arrow"]
 BACKGROUNDS = ("solid", "noise", "gradient")
+RADIUS_FRACTION = (0.18, 0.40)  # the shape's radius over the shorter side (zoom) or the unit (canvas)
 
 
 def contrasting_colors(rng: np.random.Generator) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -92,23 +93,24 @@ def draw_shape(mask: ImageDraw.ImageDraw, label: int, cx: float, cy: float, r: f
 
 
 def probe_image(seed: int, index: int, width: int, height: int, unit: float | None = None
-                ) -> Tuple[Image.Image, int, int]:
-    """(picture, label, JPEG quality) of probe ``index``. Zoom (``unit`` None): the shape's radius is 18-40 % of the
-    shorter side; canvas: 18-40 % of ``unit`` pixels, anywhere on the larger picture."""
+                ) -> Tuple[Image.Image, int, int, float]:
+    """(picture, label, JPEG quality, the shape's radius in pixels) of probe ``index``. Zoom (``unit`` None): the
+    shape's radius is 18-40 % of the shorter side; canvas: 18-40 % of ``unit`` pixels, anywhere on the larger
+    picture."""
     rng = np.random.default_rng([seed, 7919, index])
     label = int(rng.integers(len(CLASSES)))
     background, shape = contrasting_colors(rng)
     picture = background_image(rng, str(rng.choice(BACKGROUNDS)), background, width, height)
-    r = rng.uniform(0.18, 0.40) * (unit or min(width, height))
+    r = rng.uniform(*RADIUS_FRACTION) * (unit or min(width, height))
     cx, cy = rng.uniform(r, max(r, width - r)), rng.uniform(r, max(r, height - r))
     mask = Image.new("L", (width, height), 0)
     draw_shape(ImageDraw.Draw(mask), label, cx, cy, r, rng)
     picture.paste(Image.new("RGB", (width, height), shape), mask=mask)
-    return picture, label, int(rng.integers(70, 96))
+    return picture, label, int(rng.integers(70, 96)), r
 
 
 def probe_jpeg(seed: int, index: int, width: int, height: int, unit: float | None = None) -> Tuple[bytes, int]:
-    picture, label, quality = probe_image(seed, index, width, height, unit)
+    picture, label, quality, _ = probe_image(seed, index, width, height, unit)
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue(), label

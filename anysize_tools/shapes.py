@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 CLASSES = ["circle", "ring", "triangle", "square", "pentagon", "hexagon", "star", "cross", "crescent", "arrow"]
 SPLITS = {"train": 0, "val": 1, "test": 2}
+RADIUS_FRACTION = (0.16, 0.42)  # the shape's radius over the shorter side (zoom) or the unit (canvas)
 SUPERSAMPLE = 2  # the shape mask is drawn at twice the size and averaged down, so its edges are antialiased
 
 
@@ -52,7 +53,7 @@ def luminance(color) -> float:
 def sample_scene(rng: np.random.Generator) -> Scene:
     """Everything random about a scene, drawn before knowing the size it will be rendered at."""
     label = int(rng.integers(len(CLASSES)))
-    radius = float(rng.uniform(0.16, 0.42))
+    radius = float(rng.uniform(*RADIUS_FRACTION))
     texture_colors = (random_color(rng), random_color(rng))
     background = (luminance(texture_colors[0]) + luminance(texture_colors[1])) / 2
     shape_color = random_color(rng)

@@ -84,3 +84,23 @@ def test_a_summary_that_no_longer_follows_from_its_raw_data_fails_the_check(tmp_
     data["targets"]["fcn"]["scenes"]["canvas_worst"]["accuracy"] = 0.95  # a target met on paper
     (root / f"{study}.json").write_text(json.dumps(data, indent=1) + "\n")
     assert any("no longer follow from its raw data" in p for p in docs_check.problems(root))
+
+
+def test_the_native_band_is_the_widest_run_of_radius_bins_at_or_above_the_floor():
+    summarise = docs_check._research("native_scale_range").summarise
+    edges = docs_check._research("native_scale_range").EDGES
+    right = (95, 80, 92, 93, 91, 50)  # of 100 pictures per bin: two runs at or above 90 %, the second wider
+    cells = [{"side": 256, "low": edges[k], "high": edges[k + 1], "images": 100,
+              "right": {"adaptive": r, "fcn-mean": r, "fcn-max": r}} for k, r in enumerate(right)]
+    data = summarise({"seed": 0, "radius_fraction": [0.16, 0.42], "cells": cells})
+    assert data["band"]["fcn-max"] == {"low": edges[2], "high": edges[5], "ratio": round(edges[5] / edges[2], 2)}
+    assert data["needed_ratio"] == 21.0  # sides S..8S show radii 0.16 S .. 0.42 x 8 S
+
+
+def test_a_native_band_that_no_longer_follows_from_its_cells_fails_the_check(tmp_path):
+    name = "docs/native-scale-range.json"
+    root = copy_of(tmp_path, "docs", "model_store/demo")
+    data = json.loads((root / name).read_text())
+    data["sources"]["scenes"]["band"]["fcn-max"]["ratio"] = 8.0  # the native range met on paper
+    (root / name).write_text(json.dumps(data, indent=1) + "\n")
+    assert any("no longer follow from its raw data" in p for p in docs_check.problems(root))

@@ -2,7 +2,7 @@
 """Is the demo model right at every size? Accuracy and time per image versus input resolution, for every head,
 aggregation and scale policy, on held-out scenes and on an independent probe.
 
-    .venv/bin/python scripts/research/resolution_study.py        # what `make study` runs (27 minutes on 2 cores: "seconds" in its JSON)
+    .venv/bin/python scripts/research/resolution_study.py        # what `make study` runs (about 45 minutes on 2 cores: "seconds" in its JSON)
 
 Two sources of pictures, both sent as JPEG like a user's photo: the `test` split of the training data's generator
 (`anysize_tools/shapes.py`, scenes it never trained on) and `shape_probe.py` (other drawing code, other backgrounds).
@@ -208,7 +208,8 @@ def longest_native_run(rows: List[Dict], head: str) -> List[int]:
     """The longest run of consecutive measured square zoom sides where the head keeps >= NATIVE_FLOOR natively on
     held-out scenes (for fcn: its best aggregation at that side)."""
     methods = ["adaptive"] if head == "adaptive" else [f"fcn-{a}" for a in AGGREGATIONS]
-    sides = sorted((row["width"], max(row["scenes"]["native"]["accuracy"][m] for m in methods) >= NATIVE_FLOOR)
+    # accuracies are float32 means: 270 of 300 reads 0.8999999762, which is at the floor, not below it
+    sides = sorted((row["width"], max(row["scenes"]["native"]["accuracy"][m] for m in methods) >= NATIVE_FLOOR - 1e-6)
                    for row in rows if row["mode"] == "zoom" and row["width"] == row["height"])
     best, run = [], []
     for side, ok in sides:
@@ -379,8 +380,8 @@ def write_serving_defaults(results: Dict, weights: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=150, help="pictures per condition and source")
-    parser.add_argument("--large-images", type=int, default=40, help="... for conditions above 2.5 MP")
+    parser.add_argument("--images", type=int, default=300, help="pictures per condition and source")
+    parser.add_argument("--large-images", type=int, default=80, help="... for conditions above 2.5 MP")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--weights", default=str(DEMO_WEIGHTS))
