@@ -92,19 +92,14 @@ def summarise(data: Dict) -> Dict:
     if unknown:  # binned with other edges than this code's: summaries would silently drop those cells
         raise ValueError(f"cells with radius bins this code does not have: {sorted(unknown)}")
     cells = [{**c, "accuracy": {m: round(c["right"][m] / c["images"], 4) for m in METHODS}} for c in data["cells"]]
-    rows = []
-    for low, high in zip(EDGES, EDGES[1:]):
-        inside = [c for c in cells if c["low"] == low]
+
+    def pooled(inside: List[Dict], low, high) -> Dict:  # one row: the cells ``inside`` counted together
         count = sum(c["images"] for c in inside)
-        rows.append({"low": low, "high": high, "images": count,
-                     "accuracy": {m: round(sum(c["right"][m] for c in inside) / count, 4) if count else None
-                                  for m in METHODS}})
-    sides = []
-    for side in sorted({c["side"] for c in cells}):
-        inside = [c for c in cells if c["side"] == side]
-        count = sum(c["images"] for c in inside)
-        sides.append({"low": side, "high": side, "images": count,
-                      "accuracy": {m: round(sum(c["right"][m] for c in inside) / count, 4) for m in METHODS}})
+        return {"low": low, "high": high, "images": count,
+                "accuracy": {m: round(sum(c["right"][m] for c in inside) / count, 4) if count else None
+                             for m in METHODS}}
+    rows = [pooled([c for c in cells if c["low"] == low], low, high) for low, high in zip(EDGES, EDGES[1:])]
+    sides = [pooled([c for c in cells if c["side"] == side], side, side) for side in sorted({c["side"] for c in cells})]
     low, high = data["radius_fraction"]
     # radii an 8x range of zoom sides S..8S shows: the low fraction of S to the high fraction of 8S
     return {**data, "cells": cells, "by_radius": rows, "band": {m: band(rows, m) for m in METHODS},
@@ -156,10 +151,10 @@ def measure(args: argparse.Namespace) -> Dict:
                 print(f"{source} {side}x{side}: " + json.dumps({m: round(sum(
                     c[1][m] for (s, _), c in cells.items() if s == side) / args.images, 3) for m in METHODS}),
                     flush=True)
-            results["sources"][source] = summarise({
+            results["sources"][source] = {  # the raw cells; derive() adds what follows from them
                 "seed": seed, "radius_fraction": list(SOURCES[source]),
                 "cells": [{"side": side, "low": EDGES[k], "high": EDGES[k + 1], "images": c[0],
-                           "right": dict(c[1])} for (side, k), c in sorted(cells.items())]})
+                           "right": dict(c[1])} for (side, k), c in sorted(cells.items())]}
     results.update({"sides": list(SIDES), "edges": list(EDGES), "images_per_side": args.images, "floor": FLOOR,
                     "range": RANGE, "weights": Path(args.weights).name, "threads": args.threads,
                     "torch": torch.__version__, "machine": f"{platform.machine()} CPU",
